@@ -1,0 +1,54 @@
+using System.CommandLine;
+using Haven.Cli.Commands;
+using Haven.Cli.Infrastructure;
+
+var root = new RootCommand("""
+    haven: encrypted, deduplicated, incremental backups.
+
+    Exit codes (all commands):
+      0   success
+      1   failed (see the message)
+      2   usage error (bad flags or arguments)
+      3   backup: snapshot saved, but some files could not be read
+      10  no repository at the given location
+      11  the repository is locked by another process
+      12  wrong password
+      13  the repository uses a newer format than this Haven reads
+      14  the repository is damaged (check names what)
+      15  no space left at the destination
+      16  a source path does not exist
+      17  the named snapshot, key or object does not exist
+      18  access denied by the storage
+      19  the storage is unavailable (network, server error)
+      20  a repository already exists there (init)
+      130 interrupted
+
+    Environment: HAVEN_REPOSITORY, HAVEN_PASSWORD, HAVEN_PASSWORD_FILE, HAVEN_PASSWORD_COMMAND, HAVEN_CACHE_DIR,
+    HAVEN_CONFIG; for S3: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION.
+    """);
+GlobalOptions.AddTo(root);
+root.Subcommands.Add(QuickstartCommand.Build());
+root.Subcommands.Add(InitCommand.Build());
+root.Subcommands.Add(BackupCommand.Build());
+root.Subcommands.Add(SnapshotsCommand.Build());
+root.Subcommands.Add(LsCommand.Build());
+root.Subcommands.Add(RestoreCommand.Build());
+root.Subcommands.Add(CheckCommand.Build());
+root.Subcommands.Add(KeyCommand.Build());
+root.Subcommands.Add(StatsCommand.Build());
+root.Subcommands.Add(CatCommand.Build());
+root.Subcommands.Add(UnlockCommand.Build());
+
+var parse = root.Parse(args);
+if (parse.Errors.Count > 0 && parse.Action is not System.CommandLine.Help.HelpAction)
+{
+    foreach (var error in parse.Errors)
+    {
+        Console.Error.WriteLine($"haven: error: {error.Message}");
+    }
+
+    Console.Error.WriteLine("hint: see 'haven --help' or 'haven COMMAND --help'");
+    return 2;
+}
+
+return await parse.InvokeAsync();

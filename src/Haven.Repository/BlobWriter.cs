@@ -1,0 +1,196 @@
+using System.Buffers;
+using System.Collections.Concurrent;
+using Haven.Core;
+using Haven.Repository.Index;
+using Haven.Repository.Model;
+using Haven.Repository.Packs;
+using Haven.Storage;
+
+namespace Haven.Repository;
+
+/// <summary>Tuning of <see cref="BlobWriter"/>.</summary>
+public sealed record BlobWriterOptions
+{
+    /// <summary>Packs uploaded at once. Two keep a local disk busy; S3 benefits from more (set by the caller).</summary>
+    public int UploadConcurrency { get; init; } = 2;
+
+    /// <summary>Write an index file after this many uploaded packs, so an interrupted backup loses little.</summary>
+    public int PacksPerIndex { get; init; } = 8;
+
+    /// <summary>…or after this much time since the last index file.</summary>
+    public TimeSpan IndexInterval { get; init; } = TimeSpan.FromSeconds(20);
+}
+
+/// <summary>
+/// Stores blobs: deduplicates against the index and against blobs in flight, encodes on the calling thread, fills
+/// packs (one for data, one for trees), uploads full packs, and writes index files for uploaded packs.
+/// Thread-safe: many producers call <see cref="SaveAsync"/> at once. Order of durability: a pack is uploaded before
+/// any index file names it, and <see cref="FlushAsync"/> must complete before a snapshot names the blobs.
+/// </summary>
+public sealed class BlobWriter : IAsyncDisposable
+{
+    private readonly Repository _repo;
+    private readonly BlobWriterOptions _options;
+    private readonly ConcurrentDictionary<ObjectId, byte> _inFlight = new();
+    private readonly PackBuilder?[] _builders = new PackBuilder?[2];
+    private readonly Lock _builderLock = new();
+    private readonly SemaphoreSlim _uploads;
+    private readonly List<IndexedPack> _unindexed = [];
+    private readonly Lock _indexLock = new();
+    private long _lastIndexTicks;
+    private long _blobsAdded;
+    private long _bytesAdded;
+    private long _bytesStored;
+
+    public BlobWriter(Repository repo, BlobWriterOptions? options = null)
+    {
+        _repo = repo;
+        _options = options ?? new BlobWriterOptions();
+        _uploads = new SemaphoreSlim(_options.UploadConcurrency);
+        _lastIndexTicks = repo.Time.GetTimestamp();
+    }
+
+    /// <summary>Blobs this writer stored (not counting duplicates).</summary>
+    public long BlobsAdded => Interlocked.Read(ref _blobsAdded);
+
+    /// <summary>Plaintext bytes of the blobs this writer stored.</summary>
+    public long BytesAdded => Interlocked.Read(ref _bytesAdded);
+
+    /// <summary>Bytes those blobs take in packs (compressed and encrypted).</summary>
+    public long BytesStored => Interlocked.Read(ref _bytesStored);
+
+    /// <summary>Packs uploaded by this writer, in order; also the names a resume journal needs.</summary>
+    public event Action<ObjectId>? PackUploaded;
+
+    /// <summary>True when the repository already holds the blob or this writer is storing it.</summary>
+    public bool IsKnown(ObjectId id) => _repo.Index.Contains(id) || _inFlight.ContainsKey(id);
+
+    /// <summary>
+    /// Stores a blob unless it is known. Returns true when this call stored it. The caller keeps ownership of
+    /// <paramref name="plaintext"/>; it is not referenced after the call returns.
+    /// </summary>
+    public async ValueTask<bool> SaveAsync(BlobType type, ObjectId id, ReadOnlyMemory<byte> plaintext, CancellationToken ct)
+    {
+        if (_repo.Index.Contains(id) || !_inFlight.TryAdd(id, 0))
+        {
+            return false;
+        }
+
+        var (buffer, length, flags) = _repo.Codec.Encode(type, id, plaintext.Span);
+        PackBuilder? full = null;
+        try
+        {
+            lock (_builderLock)
+            {
+                ref var builder = ref _builders[(int)type];
+                builder ??= new PackBuilder(_repo.Aead, _repo.Config.PackSize + (1024 * 1024));
+                builder.Add(id, type, flags, buffer.AsSpan(0, length), plaintext.Length);
+                if (builder.Length >= _repo.Config.PackSize)
+                {
+                    full = builder;
+                    builder = null;
+                }
+            }
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+        }
+
+        Interlocked.Increment(ref _blobsAdded);
+        Interlocked.Add(ref _bytesAdded, plaintext.Length);
+        Interlocked.Add(ref _bytesStored, length);
+        if (full is not null)
+        {
+            await UploadAsync(full, ct).ConfigureAwait(false);
+        }
+
+        return true;
+    }
+
+    private async Task UploadAsync(PackBuilder builder, CancellationToken ct)
+    {
+        await _uploads.WaitAsync(ct).ConfigureAwait(false);
+        try
+        {
+            var (bytes, name) = builder.Finish();
+            await _repo.Store.PutAsync(new StoreHandle(FileKind.Pack, name.ToString()), bytes, ct).ConfigureAwait(false);
+            var pack = new IndexedPack(name, builder.Blobs.ToArray());
+            _repo.Index.Add(pack);
+            PackUploaded?.Invoke(name);
+            bool flush;
+            lock (_indexLock)
+            {
+                _unindexed.Add(pack);
+                flush = _unindexed.Count >= _options.PacksPerIndex
+                    || _repo.Time.GetElapsedTime(_lastIndexTicks) >= _options.IndexInterval;
+            }
+
+            if (flush)
+            {
+                await WriteIndexAsync(ct).ConfigureAwait(false);
+            }
+        }
+        finally
+        {
+            _uploads.Release();
+        }
+    }
+
+    private async Task WriteIndexAsync(CancellationToken ct)
+    {
+        var file = new IndexFile();
+        lock (_indexLock)
+        {
+            if (_unindexed.Count == 0)
+            {
+                return;
+            }
+
+            file.Packs.AddRange(_unindexed);
+            _unindexed.Clear();
+            _lastIndexTicks = _repo.Time.GetTimestamp();
+        }
+
+        try
+        {
+            await _repo.SaveSealedAsync(FileKind.Index, file.Encode(), ct).ConfigureAwait(false);
+        }
+        catch
+        {
+            lock (_indexLock)
+            {
+                _unindexed.InsertRange(0, file.Packs);
+            }
+
+            throw;
+        }
+    }
+
+    /// <summary>Uploads the partly filled packs and writes the index for everything uploaded. Call before saving a snapshot.</summary>
+    public async Task FlushAsync(CancellationToken ct)
+    {
+        var builders = new List<PackBuilder>();
+        lock (_builderLock)
+        {
+            for (int i = 0; i < _builders.Length; i++)
+            {
+                if (_builders[i] is { Count: > 0 } b)
+                {
+                    builders.Add(b);
+                }
+
+                _builders[i] = null;
+            }
+        }
+
+        await Task.WhenAll(builders.Select(b => UploadAsync(b, ct))).ConfigureAwait(false);
+        await WriteIndexAsync(ct).ConfigureAwait(false);
+    }
+
+    public ValueTask DisposeAsync()
+    {
+        _uploads.Dispose();
+        return ValueTask.CompletedTask;
+    }
+}

@@ -1,0 +1,104 @@
+using System.Runtime.InteropServices;
+using Haven.Core;
+
+namespace Haven.Repository.Native;
+
+/// <summary>
+/// zstd through the system's libzstd.so.1 (no managed zstd package is available). Contexts are expensive to create,
+/// so each thread keeps one compression and one decompression context for its lifetime.
+/// </summary>
+public static unsafe partial class Zstd
+{
+    private const string Lib = "libzstd.so.1";
+
+    [LibraryImport(Lib, EntryPoint = "ZSTD_compressBound")]
+    private static partial nuint CompressBoundNative(nuint srcSize);
+
+    [LibraryImport(Lib, EntryPoint = "ZSTD_createCCtx")]
+    private static partial nint CreateCCtx();
+
+    [LibraryImport(Lib, EntryPoint = "ZSTD_createDCtx")]
+    private static partial nint CreateDCtx();
+
+    [LibraryImport(Lib, EntryPoint = "ZSTD_compressCCtx")]
+    private static partial nuint CompressCCtx(nint cctx, byte* dst, nuint dstCapacity, byte* src, nuint srcSize, int level);
+
+    [LibraryImport(Lib, EntryPoint = "ZSTD_decompressDCtx")]
+    private static partial nuint DecompressDCtx(nint dctx, byte* dst, nuint dstCapacity, byte* src, nuint srcSize);
+
+    [LibraryImport(Lib, EntryPoint = "ZSTD_getFrameContentSize")]
+    private static partial ulong GetFrameContentSize(byte* src, nuint srcSize);
+
+    [LibraryImport(Lib, EntryPoint = "ZSTD_isError")]
+    private static partial uint IsError(nuint code);
+
+    [LibraryImport(Lib, EntryPoint = "ZSTD_getErrorName")]
+    private static partial nint GetErrorName(nuint code);
+
+    [LibraryImport(Lib, EntryPoint = "ZSTD_versionNumber")]
+    public static partial uint VersionNumber();
+
+    // Contexts live as long as their thread; zstd frees nothing we must reclaim earlier.
+    [ThreadStatic] private static nint t_cctx;
+    [ThreadStatic] private static nint t_dctx;
+
+    public const int MinLevel = 1;
+    public const int MaxLevel = 19;
+
+    public static int CompressBound(int length) => checked((int)CompressBoundNative((nuint)length));
+
+    /// <summary>Compresses <paramref name="source"/> into <paramref name="destination"/>; returns the written length.</summary>
+    /// <remarks>The destination must hold <see cref="CompressBound"/> bytes, or the call fails with a HavenException.</remarks>
+    public static int Compress(ReadOnlySpan<byte> source, Span<byte> destination, int level)
+    {
+        nint cctx = t_cctx;
+        if (cctx == 0)
+        {
+            t_cctx = cctx = CreateCCtx();
+        }
+
+        fixed (byte* src = source)
+        fixed (byte* dst = destination)
+        {
+            nuint result = CompressCCtx(cctx, dst, (nuint)destination.Length, src, (nuint)source.Length, level);
+            if (IsError(result) != 0)
+            {
+                throw new HavenException(ErrorCode.Failed, $"zstd compression failed: {ErrorName(result)}");
+            }
+
+            return (int)result;
+        }
+    }
+
+    /// <summary>
+    /// Decompresses one frame whose content must be exactly <paramref name="destination"/>.Length bytes.
+    /// Returns false when the input is not a valid frame of that size (the caller names the damaged object).
+    /// </summary>
+    public static bool TryDecompress(ReadOnlySpan<byte> source, Span<byte> destination)
+    {
+        nint dctx = t_dctx;
+        if (dctx == 0)
+        {
+            t_dctx = dctx = CreateDCtx();
+        }
+
+        fixed (byte* src = source)
+        fixed (byte* dst = destination)
+        {
+            nuint result = DecompressDCtx(dctx, dst, (nuint)destination.Length, src, (nuint)source.Length);
+            return IsError(result) == 0 && result == (nuint)destination.Length;
+        }
+    }
+
+    /// <summary>The content size stored in a frame header, or -1 when it is unknown or the input is no frame.</summary>
+    public static long FrameContentSize(ReadOnlySpan<byte> source)
+    {
+        fixed (byte* src = source)
+        {
+            ulong size = GetFrameContentSize(src, (nuint)source.Length);
+            return size >= 0xFFFFFFFFFFFFFFFEUL ? -1 : (long)size;
+        }
+    }
+
+    private static string ErrorName(nuint code) => Marshal.PtrToStringAnsi(GetErrorName(code)) ?? "unknown error";
+}
