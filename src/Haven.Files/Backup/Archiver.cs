@@ -510,7 +510,8 @@ public sealed class Archiver
 
     private async Task<Node?> SaveFileAsync(byte[] path, byte[] name, FileStat st, Node? old, CancellationToken ct)
     {
-        if (old is { Type: FileType.Regular, Content: { } oldContent } && old.Size == st.Size && old.ModifyTimeNs == st.ModifyTimeNs
+        // An empty file's content list is not encoded, so it decodes as null.
+        if (old is { Type: FileType.Regular } && (old.Content ?? []) is var oldContent && old.Size == st.Size && old.ModifyTimeNs == st.ModifyTimeNs
             && old.ChangeTimeNs == st.ChangeTimeNs && old.Inode == st.Inode && oldContent.All(_repo.Index.Contains))
         {
             Interlocked.Increment(ref _filesUnmodified);
@@ -710,9 +711,9 @@ public sealed class Archiver
             Group = Posix.GroupName(st.Gid),
             Size = isFile ? st.Size : 0,
             ModifyTimeNs = st.ModifyTimeNs,
-            // Directories change atime and ctime whenever they are listed or their entries change; storing those
-            // would make every directory's tree new in every backup.
-            AccessTimeNs = isDir ? 0 : st.AccessTimeNs,
+            // Directories change atime whenever they are listed, symlinks whenever they are read, and directories
+            // their ctime whenever an entry changes; storing those would make their trees new in every backup.
+            AccessTimeNs = isFile ? st.AccessTimeNs : 0,
             ChangeTimeNs = isDir ? 0 : st.ChangeTimeNs,
             Inode = isDir ? 0 : st.Inode,
             DeviceId = !isDir && st.Links > 1 ? st.Device : 0,

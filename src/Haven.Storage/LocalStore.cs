@@ -1,0 +1,438 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Security.Cryptography;
+
+[assembly: InternalsVisibleTo("Haven.Storage.Tests")]
+
+namespace Haven.Storage;
+
+/// <summary>
+/// A repository in a folder of the local file system (or a mounted network share), laid out by
+/// <see cref="StoreLayout"/>. Folders are created on the first put into them; a store over a folder that does not
+/// exist yet lists nothing and finds nothing.
+/// <para>
+/// Put is atomic and durable: the bytes go to a temporary file in the destination folder (its name starts with
+/// '.', so it is never a valid repository name and listings skip it), the file is flushed to disk, renamed over
+/// the final name (rename(2) is atomic within a folder), and the folder is flushed so the rename survives a
+/// crash. A crash can leave a temporary file behind but never a half-written visible one.
+/// </para>
+/// The class holds no mutable state: every method may run on many threads at once.
+/// </summary>
+public sealed partial class LocalStore : IStore
+{
+    private readonly string _root;
+
+    public LocalStore(string root)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(root);
+        _root = Path.GetFullPath(root);
+    }
+
+    public string Location => _root;
+
+    public async Task PutAsync(StoreHandle handle, ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
+    {
+        string path = PathOf(handle);
+        string folder = Path.GetDirectoryName(path)!;
+        string temp = Path.Combine(folder, $".{handle.Name}.{Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6))}.tmp");
+        cancellationToken.ThrowIfCancellationRequested();
+        try
+        {
+            CreateFolder(folder);
+            try
+            {
+                using (var file = File.OpenHandle(temp, FileMode.CreateNew, FileAccess.Write, FileShare.None))
+                {
+                    if (!data.IsEmpty)
+                    {
+                        await RandomAccess.WriteAsync(file, data, 0, cancellationToken).ConfigureAwait(false);
+                    }
+
+                    RandomAccess.FlushToDisk(file);
+                }
+
+                cancellationToken.ThrowIfCancellationRequested();
+                File.Move(temp, path, overwrite: true);
+            }
+            catch
+            {
+                TryDelete(temp);
+                throw;
+            }
+
+            FlushFolder(folder);
+        }
+        catch (Exception e) when (Translate(e, "write", handle) is { } translated)
+        {
+            throw translated;
+        }
+    }
+
+    public async Task<byte[]> GetAsync(StoreHandle handle, CancellationToken cancellationToken)
+    {
+        string path = PathOf(handle);
+        try
+        {
+            using var file = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
+            long length = RandomAccess.GetLength(file);
+            if (length > Array.MaxLength)
+            {
+                throw new StoreException(StoreErrorKind.Permanent, $"{handle} in {_root} is {length} bytes, too large to read whole");
+            }
+
+            var bytes = new byte[length];
+            int read = await ReadFullyAsync(file, 0, bytes, cancellationToken).ConfigureAwait(false);
+            if (read != length)
+            {
+                throw new StoreException(StoreErrorKind.Transient, $"{handle} in {_root} shrank while being read ({read} of {length} bytes)");
+            }
+
+            return bytes;
+        }
+        catch (Exception e) when (Translate(e, "read", handle) is { } translated)
+        {
+            throw translated;
+        }
+    }
+
+    public async Task ReadRangeAsync(StoreHandle handle, long offset, Memory<byte> buffer, CancellationToken cancellationToken)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(offset);
+        string path = PathOf(handle);
+        try
+        {
+            using var file = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
+            long length = RandomAccess.GetLength(file);
+            if (offset + buffer.Length > length)
+            {
+                throw RangePastEnd(handle, offset, buffer.Length, length);
+            }
+
+            int read = await ReadFullyAsync(file, offset, buffer, cancellationToken).ConfigureAwait(false);
+            if (read != buffer.Length)
+            {
+                throw RangePastEnd(handle, offset, buffer.Length, offset + read);
+            }
+        }
+        catch (Exception e) when (Translate(e, "read", handle) is { } translated)
+        {
+            throw translated;
+        }
+    }
+
+    public async IAsyncEnumerable<StoreFileInfo> ListAsync(FileKind kind, [EnumeratorCancellation] CancellationToken cancellationToken)
+    {
+        // Directory enumeration is synchronous; one yield keeps a caller's first MoveNextAsync from running it inline
+        // on a thread that must not block for long.
+        await Task.Yield();
+        if (kind == FileKind.Config)
+        {
+            var info = await StatAsync(StoreHandle.Config, cancellationToken).ConfigureAwait(false);
+            if (info is { } found)
+            {
+                yield return found;
+            }
+
+            yield break;
+        }
+
+        string folder = Path.Combine(_root, StoreLayout.FolderOf(kind));
+        if (kind != FileKind.Pack)
+        {
+            foreach (var info in ListFolder(kind, folder, expectedPrefix: null))
+            {
+                cancellationToken.ThrowIfCancellationRequested();
+                yield return info;
+            }
+
+            yield break;
+        }
+
+        // Packs sit one level down, in folders named by the first two hex digits of their names.
+        foreach (string sub in EnumerateOrEmpty(folder, directories: true))
+        {
+            string prefix = Path.GetFileName(sub);
+            if (prefix.Length != 2 || !StoreLayout.IsValidName(prefix + new string('0', 62)))
+            {
+                continue;
+            }
+
+            foreach (var info in ListFolder(kind, sub, prefix))
+            {
+                cancellationToken.ThrowIfCancellationRequested();
+                yield return info;
+            }
+        }
+    }
+
+    public Task<StoreFileInfo?> StatAsync(StoreHandle handle, CancellationToken cancellationToken)
+    {
+        string path = PathOf(handle);
+        cancellationToken.ThrowIfCancellationRequested();
+        try
+        {
+            var info = new FileInfo(path);
+            return Task.FromResult<StoreFileInfo?>(info.Exists ? new StoreFileInfo(handle, info.Length) : null);
+        }
+        catch (FileNotFoundException)
+        {
+            // Deleted between the existence check and reading its length.
+            return Task.FromResult<StoreFileInfo?>(null);
+        }
+        catch (Exception e) when (Translate(e, "inspect", handle) is { } translated)
+        {
+            throw translated;
+        }
+    }
+
+    public Task DeleteAsync(StoreHandle handle, CancellationToken cancellationToken)
+    {
+        string path = PathOf(handle);
+        cancellationToken.ThrowIfCancellationRequested();
+        try
+        {
+            File.Delete(path); // a missing file is fine; a missing folder throws DirectoryNotFoundException
+        }
+        catch (DirectoryNotFoundException)
+        {
+        }
+        catch (Exception e) when (Translate(e, "delete", handle) is { } translated)
+        {
+            throw translated;
+        }
+
+        return Task.CompletedTask;
+    }
+
+    public ValueTask DisposeAsync() => ValueTask.CompletedTask;
+
+    private string PathOf(StoreHandle handle)
+    {
+        string relative = StoreLayout.PathOf(handle); // validates the name
+        if (Path.DirectorySeparatorChar != '/')
+        {
+            relative = relative.Replace('/', Path.DirectorySeparatorChar);
+        }
+
+        return Path.Combine(_root, relative);
+    }
+
+    private IEnumerable<StoreFileInfo> ListFolder(FileKind kind, string folder, string? expectedPrefix)
+    {
+        foreach (string path in EnumerateOrEmpty(folder, directories: false))
+        {
+            string name = Path.GetFileName(path);
+            if (!StoreLayout.IsValidName(name) || (expectedPrefix is not null && !name.StartsWith(expectedPrefix, StringComparison.Ordinal)))
+            {
+                continue; // temporary files, and anything a person put there
+            }
+
+            long size;
+            try
+            {
+                var info = new FileInfo(path);
+                if (!info.Exists)
+                {
+                    continue; // deleted since the folder was read
+                }
+
+                size = info.Length;
+            }
+            catch (FileNotFoundException)
+            {
+                continue;
+            }
+
+            yield return new StoreFileInfo(new StoreHandle(kind, name), size);
+        }
+    }
+
+    private IEnumerable<string> EnumerateOrEmpty(string folder, bool directories)
+    {
+        string[] entries;
+        try
+        {
+            entries = directories ? Directory.GetDirectories(folder) : Directory.GetFiles(folder);
+        }
+        catch (DirectoryNotFoundException)
+        {
+            return [];
+        }
+        catch (Exception e) when (Translate(e, "list", null) is { } translated)
+        {
+            throw translated;
+        }
+
+        return entries;
+    }
+
+    /// <summary>Creates <paramref name="folder"/> and any missing parents, flushing each parent that gained an entry.</summary>
+    private static void CreateFolder(string folder)
+    {
+        if (Directory.Exists(folder))
+        {
+            return;
+        }
+
+        var missing = new Stack<string>();
+        for (string? f = folder; f is not null && !Directory.Exists(f); f = Path.GetDirectoryName(f))
+        {
+            missing.Push(f);
+        }
+
+        while (missing.TryPop(out string? f))
+        {
+            Directory.CreateDirectory(f); // succeeds when another thread created it first
+            if (Path.GetDirectoryName(f) is { } parent)
+            {
+                FlushFolder(parent);
+            }
+        }
+    }
+
+    private static async Task<int> ReadFullyAsync(Microsoft.Win32.SafeHandles.SafeFileHandle file, long offset, Memory<byte> buffer, CancellationToken cancellationToken)
+    {
+        int total = 0;
+        while (total < buffer.Length)
+        {
+            int n = await RandomAccess.ReadAsync(file, buffer[total..], offset + total, cancellationToken).ConfigureAwait(false);
+            if (n == 0)
+            {
+                break;
+            }
+
+            total += n;
+        }
+
+        return total;
+    }
+
+    private StoreException RangePastEnd(StoreHandle handle, long offset, int count, long length) =>
+        new(StoreErrorKind.Permanent, $"cannot read {count} bytes at offset {offset} of {handle} in {_root}: the file has {length} bytes");
+
+    private static void TryDelete(string path)
+    {
+        try
+        {
+            File.Delete(path);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            // A leftover temporary file is harmless: listings skip it.
+        }
+    }
+
+    /// <summary>
+    /// Flushes a folder's entries to disk (fsync on the folder), so a rename or a new entry in it survives a crash.
+    /// .NET cannot open a folder as a file, hence open(2) directly. Windows has no equivalent and needs none for NTFS.
+    /// </summary>
+    private static void FlushFolder(string folder)
+    {
+        if (OperatingSystem.IsWindows())
+        {
+            return;
+        }
+
+        int fd = Open(folder, OpenReadOnly | OpenDirectory | OpenCloseOnExec);
+        if (fd < 0)
+        {
+            int errno = Marshal.GetLastPInvokeError();
+            throw new IOException($"cannot open folder {folder} to flush it: {Marshal.GetPInvokeErrorMessage(errno)}", errno);
+        }
+
+        try
+        {
+            // Some file systems (certain FUSE and network ones) refuse fsync on folders: EINVAL there means "not
+            // supported", and the rename is as durable as that file system makes it.
+            if (Fsync(fd) != 0)
+            {
+                int errno = Marshal.GetLastPInvokeError();
+                if (errno != Einval)
+                {
+                    throw new IOException($"cannot flush folder {folder}: {Marshal.GetPInvokeErrorMessage(errno)}", errno);
+                }
+            }
+        }
+        finally
+        {
+            _ = Close(fd);
+        }
+    }
+
+    // Linux values; macOS differs for O_DIRECTORY/O_CLOEXEC, and so is handled by its own constants.
+    private static int OpenReadOnly => 0;
+
+    private static int OpenDirectory => OperatingSystem.IsMacOS() ? 0x100000 : 0x10000;
+
+    private static int OpenCloseOnExec => OperatingSystem.IsMacOS() ? 0x1000000 : 0x80000;
+
+    private const int Einval = 22;
+
+    [LibraryImport("libc", EntryPoint = "open", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    private static partial int Open(string path, int flags);
+
+    [LibraryImport("libc", EntryPoint = "fsync", SetLastError = true)]
+    private static partial int Fsync(int fd);
+
+    [LibraryImport("libc", EntryPoint = "close", SetLastError = true)]
+    private static partial int Close(int fd);
+
+    /// <summary>
+    /// Turns a file-system exception into a <see cref="StoreException"/>, or returns null for exceptions that pass
+    /// through unchanged (cancellation, argument errors, and <see cref="StoreException"/>s raised above).
+    /// </summary>
+    private StoreException? Translate(Exception e, string verb, StoreHandle? handle)
+    {
+        string what = handle is { } h ? $"{verb} {h} in {_root}" : $"{verb} {_root}";
+        switch (e)
+        {
+            case StoreException or OperationCanceledException or ArgumentException:
+                return null;
+            case FileNotFoundException or DirectoryNotFoundException:
+                return handle is { } missing
+                    ? new StoreException(StoreErrorKind.NotFound, $"{StoreLayout.PathOf(missing)} does not exist in {_root}", e)
+                    : new StoreException(StoreErrorKind.NotFound, $"cannot {what}: {e.Message}", e);
+            case UnauthorizedAccessException:
+                return new StoreException(StoreErrorKind.AccessDenied, $"cannot {what}: {e.Message}", e);
+            case IOException io:
+                return new StoreException(Classify(io), $"cannot {what}: {io.Message}", io);
+            default:
+                return null;
+        }
+    }
+
+    /// <summary>
+    /// Sorts an I/O error by its errno (which .NET puts in <see cref="Exception.HResult"/> on Unix) or Win32 code.
+    /// Errors that a network file system or a busy disk may clear up are transient; the rest are permanent.
+    /// </summary>
+    internal static StoreErrorKind Classify(IOException e)
+    {
+        int code = e.HResult;
+        if (OperatingSystem.IsWindows())
+        {
+            return (code & 0xFFFF) switch
+            {
+                0x27 or 0x70 => StoreErrorKind.NoSpace,       // ERROR_HANDLE_DISK_FULL, ERROR_DISK_FULL
+                0x05 or 0x13 => StoreErrorKind.AccessDenied,  // ERROR_ACCESS_DENIED, ERROR_WRITE_PROTECT
+                0x20 or 0x21 or 0x35 or 0x40 or 0x79 => StoreErrorKind.Transient, // sharing/lock violation, network gone, timeout
+                _ => StoreErrorKind.Permanent,
+            };
+        }
+
+        switch (code)
+        {
+            case 28 or 122: // ENOSPC, EDQUOT (Linux)
+                return StoreErrorKind.NoSpace;
+            case 1 or 13 or 30: // EPERM, EACCES, EROFS
+                return StoreErrorKind.AccessDenied;
+            case 4 or 5 or 11 or 16 or 110 or 112 or 116: // EINTR, EIO, EAGAIN, EBUSY, ETIMEDOUT, EHOSTDOWN, ESTALE
+                return StoreErrorKind.Transient;
+        }
+
+        // .NET reports a failed preallocation with its own message and no errno.
+        return e.Message.Contains("No space left", StringComparison.OrdinalIgnoreCase)
+            || e.Message.Contains("disk was full", StringComparison.OrdinalIgnoreCase)
+            ? StoreErrorKind.NoSpace
+            : StoreErrorKind.Permanent;
+    }
+}
