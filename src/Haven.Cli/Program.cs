@@ -38,6 +38,10 @@ root.Subcommands.Add(KeyCommand.Build());
 root.Subcommands.Add(StatsCommand.Build());
 root.Subcommands.Add(CatCommand.Build());
 root.Subcommands.Add(UnlockCommand.Build());
+root.Subcommands.Add(ForgetCommand.Build());
+root.Subcommands.Add(PruneCommand.Build());
+root.Subcommands.Add(RepairCommand.Build());
+root.Subcommands.Add(CopyCommand.Build());
 
 var parse = root.Parse(args);
 if (parse.Errors.Count > 0 && parse.Action is not System.CommandLine.Help.HelpAction)
