@@ -26,6 +26,7 @@ public static class BackupCommand
         var readConcurrency = new Option<int>("--read-concurrency") { Description = "Files read at once", DefaultValueFactory = _ => 2 };
         var parent = new Option<string?>("--parent") { Description = "Compare with this snapshot instead of the latest of the same host and paths" };
         var force = new Option<bool>("--force") { Description = "Read every file, even those unchanged since the parent snapshot" };
+        Runner.RejectOptionLikeValues(paths);
         var command = new Command("backup", "Back up files and folders into a new snapshot")
         {
             paths, exclude, iexclude, excludeFile, iexcludeFile, excludeIfPresent, excludeCaches, oneFs, largerThan, tags, host, dryRun, readConcurrency, parent, force,
@@ -64,6 +65,7 @@ public static class BackupCommand
 
             var options = new BackupOptions
             {
+                CacheRoot = ctx.CacheDir,
                 Paths = p.GetValue(paths)!,
                 Excludes = excludes,
                 ExcludeIfPresent = p.GetValue(excludeIfPresent) ?? [],
@@ -88,6 +90,11 @@ public static class BackupCommand
             }
 
             var sum = result.Snapshot.Summary!;
+            if (result.RecoveredPacks > 0)
+            {
+                ctx.Output.Info($"resumed: {result.RecoveredPacks} pack(s) uploaded by an interrupted backup were indexed instead of sent again");
+            }
+
             if (result.ParentId is { } pid)
             {
                 ctx.Output.Info($"using parent snapshot {pid.Short}");
@@ -116,6 +123,7 @@ public static class BackupCommand
                 ["snapshot_id"] = result.SnapshotId?.ToString(),
                 ["parent"] = result.ParentId?.ToString(),
                 ["dry_run"] = options.DryRun,
+                ["recovered_packs"] = result.RecoveredPacks,
                 ["summary"] = System.Text.Json.JsonSerializer.SerializeToNode(sum, Haven.Repository.Model.RepositoryJson.Default.SnapshotSummary),
                 ["warnings"] = new JsonArray(result.Warnings.Select(w => (JsonNode)new JsonObject { ["path"] = w.Path, ["message"] = w.Message, ["error"] = w.IsError }).ToArray()),
             });

@@ -16,6 +16,8 @@ public static class LsCommand
         var longFormat = new Option<bool>("--long", "-l") { Description = "Show mode, owner, size and time" };
         var recursive = new Option<bool>("--recursive") { Description = "With a path: list everything below it, not just its entries" };
         var filter = new SnapshotFilterOptions();
+        Runner.RejectOptionLikeValues(snapshot);
+        Runner.RejectOptionLikeValues(dirs);
         var command = new Command("ls", "List files in a snapshot") { snapshot, dirs, longFormat, recursive };
         filter.AddTo(command);
         command.Description += """

@@ -20,6 +20,7 @@ public static class RestoreCommand
         var iexclude = new Option<string[]>("--iexclude") { Description = "Like --exclude, ignoring case" };
         var verify = new Option<bool>("--verify") { Description = "Read every restored file back and compare it with the snapshot" };
         var filter = new SnapshotFilterOptions();
+        Runner.RejectOptionLikeValues(snapshot);
         var command = new Command("restore", "Restore a snapshot into a folder") { snapshot, target, include, exclude, iinclude, iexclude, verify };
         filter.AddTo(command);
         command.Description += """

@@ -25,6 +25,24 @@ public static class Runner
         });
     }
 
+    /// <summary>
+    /// Refuses arguments that look like options: a misspelt flag must not be taken for a path ("./-name" reaches a
+    /// file whose name starts with a dash).
+    /// </summary>
+    public static void RejectOptionLikeValues<T>(Argument<T> argument)
+    {
+        argument.Validators.Add(result =>
+        {
+            foreach (var token in result.Tokens)
+            {
+                if (token.Value.Length > 1 && token.Value[0] == '-')
+                {
+                    result.AddError($"unknown option '{token.Value}' (for a path that starts with '-', write ./{token.Value})");
+                }
+            }
+        });
+    }
+
     public static int Report(Exception e, CancellationToken ct)
     {
         var (code, message, hint) = Classify(e, ct);

@@ -13,6 +13,9 @@ namespace Haven.Files.Backup;
 /// <summary>The outcome of a backup.</summary>
 public sealed record BackupResult(ObjectId? SnapshotId, Snapshot Snapshot, ObjectId? ParentId, IReadOnlyList<BackupWarning> Warnings)
 {
+    /// <summary>Packs an interrupted earlier backup had uploaded without indexing, indexed by this run instead of re-sent.</summary>
+    public int RecoveredPacks { get; init; }
+
     /// <summary>Entries that could not be read (they are missing from the snapshot).</summary>
     public int ErrorCount => Warnings.Count(w => w.IsError);
 }
@@ -82,6 +85,19 @@ public sealed class Archiver
         List<Node>? parentRoot = parent is null ? null : await TryLoadTreeAsync(parent.TreeId, ct).ConfigureAwait(false);
 
         _writer = new BlobWriter(_repo);
+        int recovered = 0;
+        UploadJournal? journal = null;
+        if (!_options.DryRun)
+        {
+            var journalDirectory = UploadJournal.DirectoryFor(_options.CacheRoot ?? UploadJournal.DefaultCacheRoot(), _repo);
+            recovered = await UploadJournal.RecoverAsync(_repo, journalDirectory, ct).ConfigureAwait(false);
+            journal = UploadJournal.TryStart(journalDirectory);
+            if (journal is not null)
+            {
+                _writer.PackUploaded += journal.Record;
+            }
+        }
+
         _chunks = Channel.CreateBounded<ChunkJob>(new BoundedChannelOptions(Math.Max(2, _options.EncodeConcurrency * 2)) { SingleReader = false, SingleWriter = false });
         var encoders = Enumerable.Range(0, Math.Max(1, _options.EncodeConcurrency)).Select(_ => Task.Run(() => EncodeLoopAsync(ct), ct)).ToArray();
         using var scanCts = CancellationTokenSource.CreateLinkedTokenSource(ct);
@@ -117,7 +133,10 @@ public sealed class Archiver
         if (!_options.DryRun)
         {
             await _writer.FlushAsync(ct).ConfigureAwait(false);
+            journal?.Complete(); // every uploaded pack is indexed now
         }
+
+        journal?.Dispose();
 
         var snapshot = new Snapshot
         {
@@ -155,7 +174,7 @@ public sealed class Archiver
 
         ObjectId? id = _options.DryRun ? null : await _repo.SaveSnapshotAsync(snapshot, ct).ConfigureAwait(false);
         await _writer.DisposeAsync().ConfigureAwait(false);
-        return new BackupResult(id, snapshot, parentId, _warnings.ToArray());
+        return new BackupResult(id, snapshot, parentId, _warnings.ToArray()) { RecoveredPacks = recovered };
     }
 
     // ---- targets and parent ---------------------------------------------------------------------------------------

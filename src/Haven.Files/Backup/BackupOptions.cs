@@ -39,6 +39,9 @@ public sealed record BackupOptions
     /// <summary>Read every file, ignoring the parent's metadata.</summary>
     public bool Force { get; init; }
 
+    /// <summary>Cache root for the upload journal (null: <see cref="Haven.Repository.UploadJournal.DefaultCacheRoot"/>).</summary>
+    public string? CacheRoot { get; init; }
+
     /// <summary>Overrides the snapshot time (for tests and imports).</summary>
     public DateTimeOffset? Time { get; init; }
 }
