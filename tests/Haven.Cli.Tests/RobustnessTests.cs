@@ -1,0 +1,147 @@
+using System.Diagnostics;
+using Haven.Core;
+using Haven.Testing;
+using Xunit;
+
+namespace Haven.Cli.Tests;
+
+public class RobustnessTests
+{
+    private static long PackBytes(HavenCli cli) =>
+        Directory.Exists(Path.Combine(cli.Repository, "data"))
+            ? Directory.GetFiles(Path.Combine(cli.Repository, "data"), "*", SearchOption.AllDirectories).Where(f => !Path.GetFileName(f).StartsWith('.')).Sum(f => new FileInfo(f).Length)
+            : 0;
+
+    private static int PackCount(HavenCli cli) =>
+        Directory.Exists(Path.Combine(cli.Repository, "data"))
+            ? Directory.GetFiles(Path.Combine(cli.Repository, "data"), "*", SearchOption.AllDirectories).Count(f => !Path.GetFileName(f).StartsWith('.'))
+            : 0;
+
+    private static void WriteRandomFiles(string dir, int count, int size, int seed)
+    {
+        var rng = new Random(seed);
+        var buffer = new byte[size];
+        for (int i = 0; i < count; i++)
+        {
+            rng.NextBytes(buffer);
+            File.WriteAllBytes(Path.Combine(dir, $"file-{i:D4}.bin"), buffer);
+        }
+    }
+
+    [Fact]
+    public async Task KillDuringBackup_LeavesNoSnapshot_AndTheNextRunSendsOnlyWhatWasMissing()
+    {
+        using var cli = new HavenCli();
+        WriteRandomFiles(cli.Source, 600, 1 << 20, seed: 1); // 600 MiB, incompressible
+        cli.Expect(0, "init");
+
+        using (var p = cli.Start("backup", cli.Source, "--read-concurrency", "1"))
+        {
+            var deadline = DateTime.UtcNow.AddSeconds(60);
+            while (PackCount(cli) < 4 && !p.HasExited && DateTime.UtcNow < deadline)
+            {
+                await Task.Delay(5);
+            }
+
+            Assert.False(p.HasExited, "the backup finished before it could be killed");
+            p.Kill(entireProcessTree: true); // SIGKILL: no cleanup runs
+            await p.WaitForExitAsync();
+        }
+
+        long arrived = PackBytes(cli);
+        Assert.True(arrived >= 3 * (16 << 20), $"only {arrived} bytes had arrived");
+        var snapshotDir = Path.Combine(cli.Repository, "snapshots");
+        Assert.True(!Directory.Exists(snapshotDir) || Directory.GetFiles(snapshotDir).Length == 0, "a half snapshot is visible");
+
+        // The repository is consistent: the leftovers are only notes.
+        cli.Expect(0, "check", "--read-data");
+
+        var second = cli.Expect(0, "backup", cli.Source, "--json").Json;
+        long total = 600L << 20;
+        long sent = PackBytes(cli) - arrived;
+        Assert.True((long)second["recovered_packs"]! >= 3, second.ToJsonString());
+        Assert.True(sent <= total - arrived + (20 << 20), $"sent {sent} bytes again although {arrived} of {total} had arrived");
+
+        cli.Expect(0, "check", "--read-data");
+        var target = Path.Combine(cli.Root, "out");
+        cli.Expect(0, "restore", "latest", "--target", target);
+        Assert.Empty(TestTree.Compare(cli.Source, target + cli.Source, new CompareOptions(Ownership: false)));
+    }
+
+    [Fact]
+    public async Task TwoConcurrentBackups_BothSucceed_AndBothRestore()
+    {
+        using var cli = new HavenCli();
+        var a = Path.Combine(cli.Root, "a");
+        var b = Path.Combine(cli.Root, "b");
+        Directory.CreateDirectory(a);
+        Directory.CreateDirectory(b);
+        WriteRandomFiles(a, 60, 1 << 20, seed: 2);
+        WriteRandomFiles(b, 60, 1 << 20, seed: 3);
+        File.Copy(Path.Combine(a, "file-0000.bin"), Path.Combine(b, "shared.bin")); // deduplicated between the two
+        cli.Expect(0, "init");
+
+        var runs = await Task.WhenAll(cli.RunAsync("backup", a, "--host", "one"), cli.RunAsync("backup", b, "--host", "two"));
+        Assert.All(runs, r => Assert.True(r.ExitCode == 0, r.ToString()));
+        Assert.Equal(2, cli.Expect(0, "snapshots", "--json").Json.AsArray().Count);
+        cli.Expect(0, "check", "--read-data");
+        foreach (var (host, dir) in new[] { ("one", a), ("two", b) })
+        {
+            var target = Path.Combine(cli.Root, "out-" + host);
+            cli.Expect(0, "restore", "latest", "--host", host, "--target", target);
+            Assert.Empty(TestTree.Compare(dir, target + dir, new CompareOptions(Ownership: false)));
+        }
+    }
+
+    [Fact]
+    public void FullDisk_FailsWithExit15_AndKeepsWhatWasStored()
+    {
+        if (!Haven.Core.Posix.Posix.IsRoot)
+        {
+            return; // mounting a small file system needs root; CI runs as root
+        }
+
+        using var cli = new HavenCli();
+        Directory.CreateDirectory(cli.Repository);
+        Assert.Equal(0, Run("mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", cli.Repository));
+        try
+        {
+            File.WriteAllText(Path.Combine(cli.Source, "small.txt"), "small but important");
+            cli.Expect(0, "init");
+            cli.Expect(0, "backup", cli.Source);
+            WriteRandomFiles(cli.Source, 40, 1 << 20, seed: 4);
+
+            var full = cli.Run("backup", cli.Source);
+            Assert.True(full.ExitCode == ExitCodes.NoSpace, full.ToString());
+            Assert.Contains("full", full.Stderr);
+            Assert.DoesNotContain("   at ", full.Stderr);
+
+            Assert.Equal(0, Run("mount", "-o", "remount,size=200m", cli.Repository));
+            cli.Expect(0, "check", "--read-data");
+            var target = Path.Combine(cli.Root, "out");
+            var first = cli.Expect(0, "snapshots", "--json").Json.AsArray().Single()!["id"]!.ToString();
+            cli.Expect(0, "restore", first, "--target", target);
+            Assert.Equal("small but important", File.ReadAllText(Path.Combine(target + cli.Source, "small.txt")));
+
+            // With room again, the same backup completes.
+            cli.Expect(0, "backup", cli.Source);
+        }
+        finally
+        {
+            Run("umount", "-l", cli.Repository);
+        }
+    }
+
+    private static int Run(string file, params string[] args)
+    {
+        var psi = new ProcessStartInfo(file) { RedirectStandardError = true, RedirectStandardOutput = true };
+        foreach (var a in args)
+        {
+            psi.ArgumentList.Add(a);
+        }
+
+        using var p = Process.Start(psi)!;
+        p.WaitForExit();
+        return p.ExitCode;
+    }
+}
