@@ -183,36 +183,7 @@ public static class TestTree
 
     /// <summary>Removes <paramref name="root"/> and everything under it (where System.IO would trip over
     /// non-UTF-8 names). A missing root is not an error.</summary>
-    public static void DeleteTree(string root)
-    {
-        ArgumentNullException.ThrowIfNull(root);
-        byte[] r = PosixPath.FromString(Path.GetFullPath(root));
-        if (PosixCalls.TryLStat(r, out _, out _))
-        {
-            Delete(r);
-        }
-    }
-
-    private static void Delete(byte[] path)
-    {
-        if (PosixCalls.LStat(path).Type != FileType.Directory)
-        {
-            PosixCalls.Unlink(path);
-            return;
-        }
-
-        if (!PosixCalls.IsRoot)
-        {
-            PosixCalls.Chmod(path, PrivateDirectoryMode);
-        }
-
-        foreach (byte[] name in PosixCalls.ReadDirectory(path))
-        {
-            Delete(PosixPath.Join(path, name));
-        }
-
-        PosixCalls.RemoveDirectory(path);
-    }
+    public static void DeleteTree(string root) => PosixTree.Delete(root);
 
     /// <summary>
     /// The differences between the trees at <paramref name="expectedRoot"/> and <paramref name="actualRoot"/>, one

@@ -84,6 +84,11 @@ public static class QuickstartCommand
                     Console.Out.WriteLine($"   {id.Short}  {snap.Time.ToLocalTime():yyyy-MM-dd HH:mm:ss}  {snap.Hostname}  {string.Join(" ", snap.Paths)}");
                 }
 
+                foreach (var old in Directory.GetDirectories(dir, "restore-*"))
+                {
+                    Haven.Core.Posix.PosixTree.Delete(old);
+                }
+
                 string target = Path.Combine(dir, "restore-" + DateTime.Now.ToString("yyyyMMdd-HHmmss"));
                 Console.Out.WriteLine($"4. restoring snapshot {backup.SnapshotId?.Short} into {target} and verifying it");
                 var restorer = new Restorer(repo, new RestoreOptions { Target = target, Verify = true });
@@ -97,6 +102,11 @@ public static class QuickstartCommand
 
                 Console.Out.WriteLine();
                 Console.Out.WriteLine("Go on with:");
+                if (Environment.ProcessPath is { } exe && Path.GetFileName(exe) == "haven")
+                {
+                    Console.Out.WriteLine($"   alias haven={exe}");
+                }
+
                 Console.Out.WriteLine($"   export HAVEN_REPOSITORY={repoDir} HAVEN_PASSWORD_FILE={passwordFile}");
                 Console.Out.WriteLine("   haven snapshots | haven ls latest | haven backup FOLDER | haven restore latest --target DIR | haven check --read-data");
                 return restored.Errors.Count == 0 && backup.ErrorCount == 0 ? ExitCodes.Success : ExitCodes.PartialBackup;
