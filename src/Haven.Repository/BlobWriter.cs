@@ -115,6 +115,10 @@ public sealed class BlobWriter : IAsyncDisposable
         {
             var (bytes, name) = builder.Finish();
             await _repo.Store.PutAsync(new StoreHandle(FileKind.Pack, name.ToString()), bytes, ct).ConfigureAwait(false);
+            if (_repo.Cache is not null && builder.Blobs[0].Type == BlobType.Tree)
+            {
+                _repo.Cache.Put(FileKind.Pack, name.ToString(), bytes.Span);
+            }
             var pack = new IndexedPack(name, builder.Blobs.ToArray());
             _repo.Index.Add(pack);
             PackUploaded?.Invoke(name);

@@ -61,6 +61,12 @@ public sealed class Repository : IAsyncDisposable
 
     public string Location => Store.Location;
 
+    /// <summary>Local cache of index, snapshot and tree-pack files, or null (every read goes to the store).</summary>
+    public RepositoryCache? Cache { get; private set; }
+
+    /// <summary>Turns on the local cache under <paramref name="cacheRoot"/> (see <see cref="RepositoryCache"/>).</summary>
+    public void UseCache(string cacheRoot) => Cache = new RepositoryCache(cacheRoot, Config.Id);
+
     public static async Task<Repository> InitAsync(IStore store, string password, RepositoryInitOptions options, TimeProvider? time = null, CancellationToken ct = default)
     {
         time ??= TimeProvider.System;
@@ -164,6 +170,11 @@ public sealed class Repository : IAsyncDisposable
         var bytes = SealedFile.Seal(Aead, KindLabel(kind), plaintext.Span, compress: kind != FileKind.Lock);
         var id = new ObjectId(SHA256.HashData(bytes));
         await Store.PutAsync(new StoreHandle(kind, id.ToString()), bytes, ct).ConfigureAwait(false);
+        if (Cache is not null && RepositoryCache.IsCached(kind))
+        {
+            Cache.Put(kind, id.ToString(), bytes);
+        }
+
         return id;
     }
 
@@ -173,7 +184,9 @@ public sealed class Repository : IAsyncDisposable
         byte[] bytes;
         try
         {
-            bytes = await Store.GetAsync(handle, ct).ConfigureAwait(false);
+            bytes = Cache is not null && RepositoryCache.IsCached(kind)
+                ? await Cache.GetAsync(kind, handle.Name, () => Store.GetAsync(handle, ct)).ConfigureAwait(false)
+                : await Store.GetAsync(handle, ct).ConfigureAwait(false);
         }
         catch (StoreException e) when (e.Kind == StoreErrorKind.NotFound)
         {
@@ -205,6 +218,7 @@ public sealed class Repository : IAsyncDisposable
     public async Task LoadIndexAsync(CancellationToken ct, Action<ObjectId, HavenException>? onDamaged = null)
     {
         var ids = await ListAsync(FileKind.Index, ct).ConfigureAwait(false);
+        Cache?.Prune(FileKind.Index, ids.Select(i => i.ToString()).ToHashSet());
         var files = new System.Collections.Concurrent.ConcurrentDictionary<ObjectId, IndexFile>();
         await Parallel.ForEachAsync(ids, new ParallelOptions { MaxDegreeOfParallelism = 8, CancellationToken = ct }, async (id, token) =>
         {
@@ -273,6 +287,18 @@ public sealed class Repository : IAsyncDisposable
         var handle = new StoreHandle(FileKind.Pack, location.Pack.ToString());
         try
         {
+            if (Cache is not null && location.Blob.Type == BlobType.Tree)
+            {
+                // Tree packs are read again by every backup (the parent's trees) and ls/find/diff: keep them whole.
+                var pack = await Cache.GetAsync(FileKind.Pack, handle.Name, () => Store.GetAsync(handle, ct)).ConfigureAwait(false);
+                if (location.Blob.Offset + location.Blob.Length > pack.Length)
+                {
+                    throw new StoreException(StoreErrorKind.Permanent, $"{StoreLayout.PathOf(handle)} is shorter than the index says");
+                }
+
+                return Decode(location, pack.AsSpan((int)location.Blob.Offset, location.Blob.Length));
+            }
+
             await Store.ReadRangeAsync(handle, location.Blob.Offset, stored, ct).ConfigureAwait(false);
         }
         catch (StoreException e) when (e.Kind is StoreErrorKind.NotFound or StoreErrorKind.Permanent)
@@ -321,6 +347,7 @@ public sealed class Repository : IAsyncDisposable
     public async Task<List<(ObjectId Id, Snapshot Snapshot)>> LoadSnapshotsAsync(CancellationToken ct, Action<ObjectId, HavenException>? onDamaged = null)
     {
         var ids = await ListAsync(FileKind.Snapshot, ct).ConfigureAwait(false);
+        Cache?.Prune(FileKind.Snapshot, ids.Select(i => i.ToString()).ToHashSet());
         var result = new System.Collections.Concurrent.ConcurrentBag<(ObjectId, Snapshot)>();
         await Parallel.ForEachAsync(ids, new ParallelOptions { MaxDegreeOfParallelism = 8, CancellationToken = ct }, async (id, token) =>
         {

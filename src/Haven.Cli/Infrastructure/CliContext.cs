@@ -35,6 +35,12 @@ public static class GlobalOptions
         Recursive = true,
     };
 
+    public static readonly Option<bool> NoCache = new("--no-cache")
+    {
+        Description = "Do not use or fill the local cache",
+        Recursive = true,
+    };
+
     public static readonly Option<string?> ConfigFile = new("--config")
     {
         Description = "Read defaults from this JSON file (env HAVEN_CONFIG; default ~/.config/haven/config.json)",
@@ -61,7 +67,7 @@ public static class GlobalOptions
 
     public static void AddTo(RootCommand root)
     {
-        foreach (var o in new Option[] { Repo, PasswordFile, PasswordCommand, CacheDir, ConfigFile, Json, Quiet, RetryLock })
+        foreach (var o in new Option[] { Repo, PasswordFile, PasswordCommand, CacheDir, NoCache, ConfigFile, Json, Quiet, RetryLock })
         {
             root.Options.Add(o);
         }
@@ -131,6 +137,9 @@ public sealed class CliContext
         ?? throw new HavenException(ErrorCode.Usage, "no repository given", "pass --repo LOCATION or set HAVEN_REPOSITORY");
 
     public string? CacheDir => _parse.GetValue(GlobalOptions.CacheDir) ?? Env("HAVEN_CACHE_DIR") ?? _config.CacheDir;
+
+    /// <summary>The cache root actually used (journal and cached files).</summary>
+    public string CacheRoot => CacheDir ?? UploadJournal.DefaultCacheRoot();
 
     public TimeSpan RetryLock => _parse.GetValue(GlobalOptions.RetryLock) is { } s ? Units.ParseDuration(s, "--retry-lock") : TimeSpan.Zero;
 
@@ -278,6 +287,11 @@ public sealed class CliContext
         var store = OpenStore();
         var password = GetPassword();
         var repo = await Haven.Repository.Repository.OpenAsync(store, password, null, ct).ConfigureAwait(false);
+        if (!_parse.GetValue(GlobalOptions.NoCache))
+        {
+            repo.UseCache(CacheDir ?? UploadJournal.DefaultCacheRoot());
+        }
+
         if (loadIndex)
         {
             await repo.LoadIndexAsync(ct).ConfigureAwait(false);
