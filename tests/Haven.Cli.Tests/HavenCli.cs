@@ -49,6 +49,9 @@ public sealed class HavenCli : IDisposable
 
     public Dictionary<string, string> Environment { get; }
 
+    /// <summary>Runs haven as this user id (through setpriv), e.g. to meet permission errors that root never sees.</summary>
+    public int? RunAsUser { get; set; }
+
     /// <summary>The apphost next to haven.dll in this test's output folder.</summary>
     public static string Executable
     {
@@ -61,13 +64,21 @@ public sealed class HavenCli : IDisposable
 
     public Process Start(params string[] args)
     {
-        var psi = new ProcessStartInfo(Executable)
+        var psi = new ProcessStartInfo(RunAsUser is null ? Executable : "setpriv")
         {
             RedirectStandardOutput = true,
             RedirectStandardError = true,
             RedirectStandardInput = true,
             UseShellExecute = false,
         };
+        if (RunAsUser is { } uid)
+        {
+            foreach (var a in new[] { $"--reuid={uid}", $"--regid={uid}", "--clear-groups", Executable })
+            {
+                psi.ArgumentList.Add(a);
+            }
+        }
+
         foreach (var a in args)
         {
             psi.ArgumentList.Add(a);

@@ -132,6 +132,40 @@ public class RobustnessTests
         }
     }
 
+    [Fact]
+    public void UnreadableFiles_AreReportedAndCounted_AndTheSnapshotIsSavedWithExit3()
+    {
+        if (!Haven.Core.Posix.Posix.IsRoot)
+        {
+            return; // needs to switch to an unprivileged user
+        }
+
+        using var cli = new HavenCli();
+        File.WriteAllText(Path.Combine(cli.Source, "readable.txt"), "fine");
+        File.WriteAllText(Path.Combine(cli.Source, "secret.txt"), "nobody may read this");
+        Directory.CreateDirectory(Path.Combine(cli.Source, "closed"));
+        File.WriteAllText(Path.Combine(cli.Source, "closed", "inside.txt"), "x");
+        File.SetUnixFileMode(Path.Combine(cli.Source, "secret.txt"), UnixFileMode.None);
+        File.SetUnixFileMode(Path.Combine(cli.Source, "closed"), UnixFileMode.None);
+        foreach (var d in new[] { cli.Root, cli.Source })
+        {
+            File.SetUnixFileMode(d, (UnixFileMode)0x1FF); // 0777: the unprivileged user writes the repository here
+        }
+
+        File.SetUnixFileMode(cli.PasswordFile, (UnixFileMode)0x1A4);
+        cli.RunAsUser = 65534;
+        cli.Expect(0, "init");
+        var r = cli.Run("backup", cli.Source, "--json");
+        Assert.True(r.ExitCode == ExitCodes.PartialBackup, r.ToString());
+        var json = r.Json;
+        Assert.NotNull((string?)json["snapshot_id"]);
+        Assert.Equal(2, (long)json["summary"]!["errors"]!);
+        var errors = json["warnings"]!.AsArray().Where(w => (bool)w!["error"]!).Select(w => (string)w!["path"]!).ToList();
+        Assert.Contains(errors, p => p.EndsWith("secret.txt", StringComparison.Ordinal));
+        Assert.Contains(errors, p => p.EndsWith("closed", StringComparison.Ordinal));
+        Assert.Contains("readable.txt", cli.Expect(0, "ls", "latest").Stdout);
+    }
+
     private static int Run(string file, params string[] args)
     {
         var psi = new ProcessStartInfo(file) { RedirectStandardError = true, RedirectStandardOutput = true };
