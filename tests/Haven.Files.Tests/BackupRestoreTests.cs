@@ -187,4 +187,27 @@ public class BackupRestoreTests
         Assert.Contains(location.Pack.ToString(), error);
         Assert.Equal(new string('g', 100), File.ReadAllText(Path.Combine(s.RestoredSource, "good")));
     }
+
+    [Fact]
+    public async Task Backup_IntoAStoreThatFillsUp_FailsPromptlyWithTheStoreError()
+    {
+        await using var s = new Scratch();
+        var rng = new Random(9);
+        for (int i = 0; i < 40; i++)
+        {
+            var data = new byte[1 << 20];
+            rng.NextBytes(data);
+            File.WriteAllBytes(Path.Combine(s.Source, $"f{i}"), data);
+        }
+
+        var faulty = new FaultyStore(new MemoryStore());
+        var repo = await TestRepository.CreateAsync(faulty);
+        faulty.FailPutsAfterBytes(20 << 20);
+        var backup = Scratch.BackupAsync(repo, new BackupOptions { Paths = [s.Source], EncodeConcurrency = 1, ReadConcurrency = 2 });
+        var finished = await Task.WhenAny(backup, Task.Delay(TimeSpan.FromSeconds(60)));
+        Assert.Same(backup, finished);
+        var e = await Assert.ThrowsAsync<Haven.Storage.StoreException>(() => backup);
+        Assert.Equal(Haven.Storage.StoreErrorKind.NoSpace, e.Kind);
+        Assert.Empty(await repo.ListAsync(Haven.Storage.FileKind.Snapshot, CancellationToken.None));
+    }
 }

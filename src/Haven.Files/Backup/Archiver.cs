@@ -103,31 +103,42 @@ public sealed class Archiver
         using var scanCts = CancellationTokenSource.CreateLinkedTokenSource(ct);
         var scanner = Task.Run(() => Scan(targets, scanCts.Token), scanCts.Token);
 
-        ObjectId rootTree;
+        ObjectId rootTree = default;
+        Exception? failure = null;
         try
         {
             var root = BuildVirtualRoot(targets);
             rootTree = await SaveVirtualDirectoryAsync(root, [], parentRoot, ct).ConfigureAwait(false);
         }
-        finally
+        catch (Exception e)
         {
-            _chunks.Writer.TryComplete();
-            scanCts.Cancel();
-            try
-            {
-                await Task.WhenAll(encoders).ConfigureAwait(false);
-            }
-            catch (Exception) when (ct.IsCancellationRequested)
-            {
-            }
+            failure = e;
+        }
 
-            try
-            {
-                await scanner.ConfigureAwait(false);
-            }
-            catch (OperationCanceledException)
-            {
-            }
+        _chunks.Writer.TryComplete();
+        scanCts.Cancel();
+        try
+        {
+            await Task.WhenAll(encoders).ConfigureAwait(false);
+        }
+        catch (Exception e)
+        {
+            failure ??= e;
+        }
+
+        try
+        {
+            await scanner.ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+        }
+
+        // The first real cause wins: readers only see "channel closed" when an encoder failed.
+        if (_encoderFailure is not null || failure is not null)
+        {
+            journal?.Dispose();
+            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(_encoderFailure ?? failure!);
         }
 
         if (!_options.DryRun)
@@ -678,21 +689,33 @@ public sealed class Archiver
 
     private readonly ConcurrentDictionary<ObjectId, byte> _dryIds = new();
 
+    private volatile Exception? _encoderFailure;
+
     private async Task EncodeLoopAsync(CancellationToken ct)
     {
-        await foreach (var job in _chunks!.Reader.ReadAllAsync(ct).ConfigureAwait(false))
+        try
         {
-            try
+            await foreach (var job in _chunks!.Reader.ReadAllAsync(ct).ConfigureAwait(false))
             {
-                if (await _writer!.SaveAsync(BlobType.Data, job.Id, job.Buffer.AsMemory(0, job.Length), ct).ConfigureAwait(false))
+                try
                 {
-                    Interlocked.Increment(ref _dataBlobs);
+                    if (await _writer!.SaveAsync(BlobType.Data, job.Id, job.Buffer.AsMemory(0, job.Length), ct).ConfigureAwait(false))
+                    {
+                        Interlocked.Increment(ref _dataBlobs);
+                    }
+                }
+                finally
+                {
+                    ArrayPool<byte>.Shared.Return(job.Buffer);
                 }
             }
-            finally
-            {
-                ArrayPool<byte>.Shared.Return(job.Buffer);
-            }
+        }
+        catch (Exception e)
+        {
+            // Stop the readers at once (they would wait forever on a channel nobody drains) and keep the cause.
+            _encoderFailure ??= e;
+            _chunks!.Writer.TryComplete(e);
+            throw;
         }
     }
 
