@@ -42,6 +42,9 @@ root.Subcommands.Add(ForgetCommand.Build());
 root.Subcommands.Add(PruneCommand.Build());
 root.Subcommands.Add(RepairCommand.Build());
 root.Subcommands.Add(CopyCommand.Build());
+root.Subcommands.Add(FindCommand.Build());
+root.Subcommands.Add(DiffCommand.Build());
+root.Subcommands.Add(DumpCommand.Build());
 
 var parse = root.Parse(args);
 if (parse.Errors.Count > 0 && parse.Action is not System.CommandLine.Help.HelpAction)

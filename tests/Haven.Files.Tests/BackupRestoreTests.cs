@@ -30,6 +30,19 @@ public class BackupRestoreTests
     }
 
     [Fact]
+    public async Task RoundTrip_WithSmallChunks_KeepsHolesWhereverChunkBoundariesFall()
+    {
+        await using var s = new Scratch();
+        TestTree.CreateHardCases(s.Source, includeLargeFile: false, seed: 3);
+        var repo = await TestRepository.CreateAsync(s.Store, TestRepository.SmallChunks);
+        var backup = await Scratch.BackupAsync(repo, new BackupOptions { Paths = [s.Source] });
+        var restored = await s.RestoreAsync(repo, backup);
+        Assert.Empty(restored.Errors);
+        var differences = TestTree.Compare(s.Source, s.RestoredSource, new CompareOptions(Ownership: PosixCalls.IsRoot));
+        Assert.True(differences.Count == 0, string.Join("\n", differences.Take(30)));
+    }
+
+    [Fact]
     public async Task SecondBackup_ReadsOnlyWhatChanged_AndCountsAddedModifiedRemoved()
     {
         await using var s = new Scratch();

@@ -347,43 +347,35 @@ public sealed class Restorer
         return data;
     }
 
-    /// <summary>Writes <paramref name="data"/> at <paramref name="offset"/>, leaving aligned all-zero 4 KiB blocks unwritten.</summary>
+    /// <summary>
+    /// Writes <paramref name="data"/> at <paramref name="offset"/> into a file that was just truncated, leaving out
+    /// every all-zero piece between 4 KiB boundaries of the file: unwritten ranges read as zeros, and whole blocks
+    /// never written stay holes, wherever the chunk boundaries fall.
+    /// </summary>
     private static void WriteSkippingZeros(SafeFileHandle file, ReadOnlySpan<byte> data, long offset)
     {
         int pos = 0;
+        int runStart = -1;
         while (pos < data.Length)
         {
-            // Find the next run of data up to the next all-zero aligned block.
-            int runStart = pos;
-            while (pos < data.Length)
-            {
-                long abs = offset + pos;
-                int blockEnd = (int)Math.Min(data.Length, pos + (HoleBlock - (abs % HoleBlock)));
-                if (blockEnd - pos == HoleBlock && !data[pos..blockEnd].ContainsAnyExcept((byte)0))
-                {
-                    break;
-                }
-
-                pos = blockEnd;
-            }
-
-            if (pos > runStart)
+            int end = (int)Math.Min(data.Length, pos + (HoleBlock - ((offset + pos) % HoleBlock)));
+            bool zero = !data[pos..end].ContainsAnyExcept((byte)0);
+            if (zero && runStart >= 0)
             {
                 Posix.PWriteAll(file, data[runStart..pos], offset + runStart);
+                runStart = -1;
             }
-
-            // Skip zero blocks.
-            while (pos < data.Length)
+            else if (!zero && runStart < 0)
             {
-                long abs = offset + pos;
-                int blockEnd = (int)Math.Min(data.Length, pos + (HoleBlock - (abs % HoleBlock)));
-                if (blockEnd - pos != HoleBlock || data[pos..blockEnd].ContainsAnyExcept((byte)0))
-                {
-                    break;
-                }
-
-                pos = blockEnd;
+                runStart = pos;
             }
+
+            pos = end;
+        }
+
+        if (runStart >= 0)
+        {
+            Posix.PWriteAll(file, data[runStart..], offset + runStart);
         }
     }
 

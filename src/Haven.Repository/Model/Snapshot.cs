@@ -47,6 +47,14 @@ public sealed record Snapshot
     [JsonPropertyName("program_version")] public string ProgramVersion { get; init; } = "";
     [JsonPropertyName("summary")] public SnapshotSummary? Summary { get; init; }
 
+    /// <summary>
+    /// The id of the snapshot this one was derived from by <c>repair snapshots</c> or <c>copy</c> (hex), or absent for
+    /// a snapshot written by a backup. It is the snapshot's persistent identity: a derived snapshot keeps the
+    /// original's value, so a repaired or copied snapshot is still recognised by <c>copy</c> as already present.
+    /// An optional field added within format version 1 (older readers skip it).
+    /// </summary>
+    [JsonPropertyName("original")] public string? Original { get; init; }
+
     [JsonIgnore] public ObjectId TreeId => ObjectId.Parse(Tree);
 
     public byte[] Serialize() => JsonSerializer.SerializeToUtf8Bytes(this, RepositoryJson.Default.Snapshot);
