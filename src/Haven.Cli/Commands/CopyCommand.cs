@@ -130,69 +130,22 @@ public static class CopyCommand
 
     private static string? Env(string name) => Environment.GetEnvironmentVariable(name) is { Length: > 0 } v ? v : null;
 
-    /// <summary>
-    /// Opening the source repository of <c>copy</c>. It mirrors <see cref="CliContext.OpenStore"/> and the password order of
-    /// <see cref="CliContext.GetPassword"/> for the <c>--from-*</c> options; the two belong together in CliContext once
-    /// another command needs a second repository.
-    /// </summary>
+    /// <summary>The source repository of <c>copy</c>: its own --from-* options and HAVEN_FROM_* variables.</summary>
     private static class SourceStore
     {
-        public static IStore Open(string location)
-        {
-            if (S3StoreOptions.IsS3Url(location))
-            {
-                return new RetryingStore(new S3Store(S3StoreOptions.Parse(location)), new RetryOptions());
-            }
-
-            string full = LocalPath(location);
-            if (!Directory.Exists(full))
-            {
-                throw new HavenException(ErrorCode.RepositoryNotFound, $"there is no source repository at {full}", "check --from-repo");
-            }
-
-            return new RetryingStore(new LocalStore(full), new RetryOptions());
-        }
+        public static IStore Open(string location) => CliContext.OpenStoreAt(location, forInit: false, "source repository", "--from-repo");
 
         public static bool SameLocation(string a, string b) =>
             S3StoreOptions.IsS3Url(a) || S3StoreOptions.IsS3Url(b)
                 ? string.Equals(a.TrimEnd('/'), b.TrimEnd('/'), StringComparison.Ordinal)
-                : string.Equals(LocalPath(a).TrimEnd('/'), LocalPath(b).TrimEnd('/'), StringComparison.Ordinal);
+                : string.Equals(CliContext.LocalPath(a).TrimEnd('/'), CliContext.LocalPath(b).TrimEnd('/'), StringComparison.Ordinal);
 
-        private static string LocalPath(string location) =>
-            Path.GetFullPath(location.StartsWith("local:", StringComparison.Ordinal) ? location["local:".Length..] : location);
-
-        public static string Password(string? command, string? file)
-        {
-            command ??= Env("HAVEN_FROM_PASSWORD_COMMAND");
-            if (command is not null)
-            {
-                return RunCommand(command);
-            }
-
-            file ??= Env("HAVEN_FROM_PASSWORD_FILE");
-            if (file is not null)
-            {
-                return CliContext.ReadPasswordFile(file);
-            }
-
-            return Environment.GetEnvironmentVariable("HAVEN_FROM_PASSWORD") ?? CliContext.Prompt("source repository password: ", confirm: false);
-        }
-
-        private static string RunCommand(string command)
-        {
-            var psi = new ProcessStartInfo("/bin/sh") { RedirectStandardOutput = true, UseShellExecute = false };
-            psi.ArgumentList.Add("-c");
-            psi.ArgumentList.Add(command);
-            using var process = Process.Start(psi) ?? throw new HavenException(ErrorCode.Usage, "the source password command could not be started");
-            string output = process.StandardOutput.ReadToEnd();
-            process.WaitForExit();
-            if (process.ExitCode != 0)
-            {
-                throw new HavenException(ErrorCode.Usage, $"the source password command exited with code {process.ExitCode}");
-            }
-
-            return output.TrimEnd('\r', '\n');
-        }
+        public static string Password(string? command, string? file) =>
+            CliContext.ResolvePassword(
+                command ?? Env("HAVEN_FROM_PASSWORD_COMMAND"),
+                file ?? Env("HAVEN_FROM_PASSWORD_FILE"),
+                Environment.GetEnvironmentVariable("HAVEN_FROM_PASSWORD"),
+                "source repository password: ");
     }
 }
 

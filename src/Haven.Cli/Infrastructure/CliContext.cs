@@ -144,14 +144,15 @@ public sealed class CliContext
     public TimeSpan RetryLock => _parse.GetValue(GlobalOptions.RetryLock) is { } s ? Units.ParseDuration(s, "--retry-lock") : TimeSpan.Zero;
 
     /// <summary>The repository's store, with retries around it.</summary>
-    public IStore OpenStore(bool forInit = false)
+    public IStore OpenStore(bool forInit = false) => OpenStoreAt(RepositoryLocation, forInit, "repository", "--repo");
+
+    /// <summary>Opens the store at a repository location (a folder, local:PATH, or an s3: URL), with retries around it.</summary>
+    public static IStore OpenStoreAt(string location, bool forInit, string what, string option)
     {
-        var location = RepositoryLocation;
         IStore inner;
         if (S3StoreOptions.IsS3Url(location))
         {
-            var options = S3StoreOptions.Parse(location);
-            var s3 = new S3Store(options);
+            var s3 = new S3Store(S3StoreOptions.Parse(location));
             if (forInit)
             {
                 s3.EnsureBucketAsync(CancellationToken.None).GetAwaiter().GetResult();
@@ -161,15 +162,10 @@ public sealed class CliContext
         }
         else
         {
-            if (location.StartsWith("local:", StringComparison.Ordinal))
-            {
-                location = location["local:".Length..];
-            }
-
-            var full = Path.GetFullPath(location);
+            var full = LocalPath(location);
             if (!forInit && !Directory.Exists(full))
             {
-                throw new HavenException(ErrorCode.RepositoryNotFound, $"there is no repository at {full}", "check the path, or create one with 'haven init'");
+                throw new HavenException(ErrorCode.RepositoryNotFound, $"there is no {what} at {full}", $"check {option}, or create one with 'haven init'");
             }
 
             inner = new LocalStore(full);
@@ -178,27 +174,33 @@ public sealed class CliContext
         return new RetryingStore(inner, new RetryOptions());
     }
 
+    /// <summary>The absolute folder of a local repository location ("local:" prefix allowed).</summary>
+    public static string LocalPath(string location) =>
+        Path.GetFullPath(location.StartsWith("local:", StringComparison.Ordinal) ? location["local:".Length..] : location);
+
     /// <summary>The password, from (in order) command, file, HAVEN_PASSWORD, config file, or an interactive prompt.</summary>
-    public string GetPassword(string prompt = "repository password: ", bool confirm = false)
+    public string GetPassword(string prompt = "repository password: ", bool confirm = false) =>
+        ResolvePassword(
+            _parse.GetValue(GlobalOptions.PasswordCommand) ?? Env("HAVEN_PASSWORD_COMMAND") ?? _config.PasswordCommand,
+            _parse.GetValue(GlobalOptions.PasswordFile) ?? Env("HAVEN_PASSWORD_FILE") ?? _config.PasswordFile,
+            Environment.GetEnvironmentVariable("HAVEN_PASSWORD"),
+            prompt,
+            confirm);
+
+    /// <summary>The one order in which every password is looked for: command, file, variable, prompt.</summary>
+    public static string ResolvePassword(string? command, string? file, string? value, string prompt, bool confirm = false)
     {
-        var command = _parse.GetValue(GlobalOptions.PasswordCommand) ?? Env("HAVEN_PASSWORD_COMMAND") ?? _config.PasswordCommand;
         if (command is not null)
         {
             return RunPasswordCommand(command);
         }
 
-        var file = _parse.GetValue(GlobalOptions.PasswordFile) ?? Env("HAVEN_PASSWORD_FILE") ?? _config.PasswordFile;
         if (file is not null)
         {
             return ReadPasswordFile(file);
         }
 
-        if (Environment.GetEnvironmentVariable("HAVEN_PASSWORD") is { } env)
-        {
-            return env;
-        }
-
-        return Prompt(prompt, confirm);
+        return value ?? Prompt(prompt, confirm);
     }
 
     public static string ReadPasswordFile(string file)
@@ -214,7 +216,7 @@ public sealed class CliContext
         }
     }
 
-    private static string RunPasswordCommand(string command)
+    public static string RunPasswordCommand(string command)
     {
         var psi = new ProcessStartInfo("/bin/sh") { RedirectStandardOutput = true, UseShellExecute = false };
         psi.ArgumentList.Add("-c");
