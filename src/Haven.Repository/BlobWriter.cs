@@ -36,6 +36,7 @@ public sealed class BlobWriter : IAsyncDisposable
     private readonly Lock _builderLock = new();
     private readonly SemaphoreSlim _uploads;
     private readonly List<IndexedPack> _unindexed = [];
+    private readonly ConcurrentBag<byte[]> _packBuffers = [];
     private readonly Lock _indexLock = new();
     private long _lastIndexTicks;
     private long _blobsAdded;
@@ -83,7 +84,7 @@ public sealed class BlobWriter : IAsyncDisposable
             lock (_builderLock)
             {
                 ref var builder = ref _builders[(int)type];
-                builder ??= new PackBuilder(_repo.Aead, _repo.Config.PackSize + (1024 * 1024));
+                builder ??= new PackBuilder(_repo.Aead, _packBuffers.TryTake(out var reused) ? reused : new byte[PackBufferSize]);
                 builder.Add(id, type, flags, buffer.AsSpan(0, length), plaintext.Length);
                 if (builder.Length >= _repo.Config.PackSize)
                 {
@@ -107,6 +108,9 @@ public sealed class BlobWriter : IAsyncDisposable
 
         return true;
     }
+
+    /// <summary>A pack's buffer: the target size, one blob of slack, and the header.</summary>
+    private int PackBufferSize => _repo.Config.PackSize + _repo.Config.ChunkerMax + (1024 * 1024);
 
     private async Task UploadAsync(PackBuilder builder, CancellationToken ct)
     {
@@ -137,6 +141,11 @@ public sealed class BlobWriter : IAsyncDisposable
         }
         finally
         {
+            if (builder.Buffer.Length == PackBufferSize)
+            {
+                _packBuffers.Add(builder.Buffer);
+            }
+
             _uploads.Release();
         }
     }

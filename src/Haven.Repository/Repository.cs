@@ -290,7 +290,7 @@ public sealed class Repository : IAsyncDisposable
             if (Cache is not null && location.Blob.Type == BlobType.Tree)
             {
                 // Tree packs are read again by every backup (the parent's trees) and ls/find/diff: keep them whole.
-                var pack = await Cache.GetAsync(FileKind.Pack, handle.Name, () => Store.GetAsync(handle, ct)).ConfigureAwait(false);
+                var pack = await Cache.GetPackAsync(handle.Name, () => Store.GetAsync(handle, ct)).ConfigureAwait(false);
                 if (location.Blob.Offset + location.Blob.Length > pack.Length)
                 {
                     throw new StoreException(StoreErrorKind.Permanent, $"{StoreLayout.PathOf(handle)} is shorter than the index says");
@@ -309,14 +309,57 @@ public sealed class Repository : IAsyncDisposable
         return Decode(location, stored);
     }
 
+    /// <summary>
+    /// Reads a data blob into a buffer rented from <see cref="System.Buffers.ArrayPool{T}.Shared"/>; the caller owns
+    /// it and returns it. For restore, which reads each blob once and writes it out at once.
+    /// </summary>
+    public async Task<(byte[] Buffer, int Length)> ReadBlobPooledAsync(ObjectId id, CancellationToken ct)
+    {
+        if (!Index.TryGet(id, out var location))
+        {
+            throw new HavenException(ErrorCode.Corrupt, $"blob {id.Short} is referenced but no index knows it", "run 'haven repair index', then 'haven check'");
+        }
+
+        var pool = System.Buffers.ArrayPool<byte>.Shared;
+        var stored = pool.Rent(location.Blob.Length);
+        try
+        {
+            var handle = new StoreHandle(FileKind.Pack, location.Pack.ToString());
+            try
+            {
+                await Store.ReadRangeAsync(handle, location.Blob.Offset, stored.AsMemory(0, location.Blob.Length), ct).ConfigureAwait(false);
+            }
+            catch (StoreException e) when (e.Kind is StoreErrorKind.NotFound or StoreErrorKind.Permanent)
+            {
+                throw new HavenException(ErrorCode.Corrupt, $"blob {id.Short} cannot be read from pack {StoreLayout.PathOf(handle)}: {e.Message}", "run 'haven check --read-data' and 'haven repair index'", e);
+            }
+
+            var plain = pool.Rent(Math.Max(1, location.Blob.RawLength));
+            if (!Codec.TryDecode(location.Blob, stored.AsSpan(0, location.Blob.Length), plain.AsSpan(0, location.Blob.RawLength)))
+            {
+                pool.Return(plain);
+                throw DamagedBlob(location);
+            }
+
+            return (plain, location.Blob.RawLength);
+        }
+        finally
+        {
+            pool.Return(stored);
+        }
+    }
+
+    private static HavenException DamagedBlob(BlobLocation location) =>
+        new(ErrorCode.Corrupt,
+            $"blob {location.Blob.Id.Short} in pack data/{location.Pack.ToString()[..2]}/{location.Pack} is damaged (fails authentication or decompression)",
+            "run 'haven check --read-data', then 'haven repair' to salvage the rest");
+
     public byte[] Decode(BlobLocation location, ReadOnlySpan<byte> stored)
     {
         var plain = new byte[location.Blob.RawLength];
         if (!Codec.TryDecode(location.Blob, stored, plain))
         {
-            throw new HavenException(ErrorCode.Corrupt,
-                $"blob {location.Blob.Id.Short} in pack data/{location.Pack.ToString()[..2]}/{location.Pack} is damaged (fails authentication or decompression)",
-                "run 'haven check --read-data', then 'haven repair' to salvage the rest");
+            throw DamagedBlob(location);
         }
 
         return plain;

@@ -13,7 +13,12 @@ namespace Haven.Repository;
 /// </summary>
 public sealed class RepositoryCache
 {
+    /// <summary>Tree packs kept in memory once read: a backup visits every directory's tree, many per pack.</summary>
+    private const long MaxHotBytes = 256L * 1024 * 1024;
+
     private readonly string _root;
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, Lazy<Task<byte[]>>> _hotPacks = new();
+    private long _hotBytes;
 
     public RepositoryCache(string cacheRoot, string repositoryId)
     {
@@ -44,6 +49,38 @@ public sealed class RepositoryCache
 
         var bytes = await fetch().ConfigureAwait(false);
         Put(kind, name, bytes);
+        return bytes;
+    }
+
+    /// <summary>
+    /// A tree pack, read from disk (and verified) at most once per process, or fetched through <paramref name="fetch"/>
+    /// and kept. Concurrent callers for the same pack share one load.
+    /// </summary>
+    public Task<byte[]> GetPackAsync(string name, Func<Task<byte[]>> fetch)
+    {
+        return _hotPacks.GetOrAdd(name, n => new Lazy<Task<byte[]>>(() => LoadPackAsync(n, fetch))).Value;
+    }
+
+    private async Task<byte[]> LoadPackAsync(string name, Func<Task<byte[]>> fetch)
+    {
+        byte[] bytes;
+        try
+        {
+            bytes = await GetAsync(FileKind.Pack, name, fetch).ConfigureAwait(false);
+        }
+        catch
+        {
+            _hotPacks.TryRemove(name, out _); // the next caller tries again
+            throw;
+        }
+
+        if (Interlocked.Add(ref _hotBytes, bytes.Length) > MaxHotBytes)
+        {
+            // Rare (hundreds of MiB of trees): start over rather than track recency.
+            _hotPacks.Clear();
+            Interlocked.Exchange(ref _hotBytes, 0);
+        }
+
         return bytes;
     }
 

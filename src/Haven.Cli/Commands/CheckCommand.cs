@@ -25,7 +25,7 @@ public static class CheckCommand
             """;
         Runner.SetHandler(command, async (ctx, ct) =>
         {
-            await using var repo = await ctx.OpenRepositoryAsync(loadIndex: false, ct);
+            await using var repo = await ctx.OpenRepositoryAsync(loadIndex: false, ct, useCache: false);
             await using var repoLock = await ctx.LockAsync(repo, exclusive: false, "check", ct);
             var sub = ctx.Parse.GetValue(subset);
             var checker = new Checker(repo, new CheckOptions { ReadData = ctx.Parse.GetValue(readData) || sub is not null, ReadDataSubset = sub })

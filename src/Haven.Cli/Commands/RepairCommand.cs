@@ -48,7 +48,7 @@ public static class RepairCommand
         var command = new Command("index", "Rebuild the index from the pack headers (example: haven repair index; see 'haven repair --help')");
         Runner.SetHandler(command, async (ctx, ct) =>
         {
-            await using var repo = await ctx.OpenRepositoryAsync(loadIndex: false, ct);
+            await using var repo = await ctx.OpenRepositoryAsync(loadIndex: false, ct, useCache: false);
             await using var repoLock = await ctx.LockAsync(repo, exclusive: true, "repair index", ct);
             var repairer = new IndexRepairer(repo) { OnPhase = phase => ctx.Output.Info(phase) };
             var result = await ctx.Output.WithProgressAsync(repairer.RunAsync(ct), () =>
@@ -100,7 +100,7 @@ public static class RepairCommand
         {
             var p = ctx.Parse;
             bool isDryRun = p.GetValue(dryRun);
-            await using var repo = await ctx.OpenRepositoryAsync(loadIndex: false, ct);
+            await using var repo = await ctx.OpenRepositoryAsync(loadIndex: false, ct, useCache: false);
             await using var repoLock = await ctx.LockAsync(repo, exclusive: true, "repair snapshots", ct);
             await repo.LoadIndexAsync(ct, (id, e) => Output.Warn($"index/{id}: {e.Message} (run 'haven repair index' first)"));
             var refs = p.GetValue(ids) ?? [];

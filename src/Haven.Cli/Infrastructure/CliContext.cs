@@ -284,12 +284,13 @@ public sealed class CliContext
     }
 
     /// <summary>Opens the repository (config, key); the index is loaded when <paramref name="loadIndex"/>.</summary>
-    public async Task<Haven.Repository.Repository> OpenRepositoryAsync(bool loadIndex, CancellationToken ct)
+    /// <remarks><paramref name="useCache"/> false for commands that verify or repair the repository itself.</remarks>
+    public async Task<Haven.Repository.Repository> OpenRepositoryAsync(bool loadIndex, CancellationToken ct, bool useCache = true)
     {
         var store = OpenStore();
         var password = GetPassword();
         var repo = await Haven.Repository.Repository.OpenAsync(store, password, null, ct).ConfigureAwait(false);
-        if (!_parse.GetValue(GlobalOptions.NoCache))
+        if (useCache && !_parse.GetValue(GlobalOptions.NoCache))
         {
             repo.UseCache(CacheDir ?? UploadJournal.DefaultCacheRoot());
         }

@@ -53,6 +53,7 @@ public sealed class Restorer
     private readonly List<(byte[] Path, byte[] LinkTo, Node Node)> _hardLinks = [];
     private readonly Dictionary<(ulong Dev, ulong Inode), byte[]> _linkFirst = [];
     private readonly BlobCache _cache = new(64L * 1024 * 1024);
+    private readonly Dictionary<ObjectId, int> _references = [];
     private long _filesDone, _bytesDone, _bytesTotal, _skipped, _verified;
     private long _startTicks;
 
@@ -226,6 +227,11 @@ public sealed class Restorer
 
                     _files.Add((path, node));
                     _bytesTotal += node.Size;
+                    foreach (var id in node.Content ?? [])
+                    {
+                        _references[id] = _references.GetValueOrDefault(id) + 1;
+                    }
+
                     break;
                 default:
                     _others.Add((path, node));
@@ -307,10 +313,30 @@ public sealed class Restorer
                 long offset = 0;
                 foreach (var id in node.Content ?? [])
                 {
-                    var data = await ReadBlobAsync(id, ct).ConfigureAwait(false);
-                    WriteSkippingZeros(file, data, offset);
-                    offset += data.Length;
-                    Interlocked.Add(ref _bytesDone, data.Length);
+                    int length;
+                    if (_references[id] > 1)
+                    {
+                        var data = await ReadSharedBlobAsync(id, ct).ConfigureAwait(false);
+                        WriteSkippingZeros(file, data, offset);
+                        length = data.Length;
+                    }
+                    else
+                    {
+                        var (buffer, n) = await _repo.ReadBlobPooledAsync(id, ct).ConfigureAwait(false);
+                        try
+                        {
+                            WriteSkippingZeros(file, buffer.AsSpan(0, n), offset);
+                        }
+                        finally
+                        {
+                            System.Buffers.ArrayPool<byte>.Shared.Return(buffer);
+                        }
+
+                        length = n;
+                    }
+
+                    offset += length;
+                    Interlocked.Add(ref _bytesDone, length);
                 }
 
                 if (offset != node.Size)
@@ -335,7 +361,8 @@ public sealed class Restorer
         }
     }
 
-    private async ValueTask<byte[]> ReadBlobAsync(ObjectId id, CancellationToken ct)
+    /// <summary>Blobs several files share (duplicates, zero runs) are kept for a while instead of read again.</summary>
+    private async ValueTask<byte[]> ReadSharedBlobAsync(ObjectId id, CancellationToken ct)
     {
         if (_cache.TryGet(id, out var cached))
         {

@@ -94,65 +94,135 @@ public static class TreeCodec
     public static byte[] Encode(IReadOnlyList<Node> nodes)
     {
         var w = new WireWriter(64 + (nodes.Count * 96));
-        var field = new WireWriter(64);
+        var node = new NodeWriter();
         w.Byte(Version);
         w.VarUInt((ulong)nodes.Count);
         foreach (var n in nodes)
         {
-            int count = 0;
-            var fields = new List<(Tag, byte[])>(16);
-            void Add(Tag tag, ReadOnlySpan<byte> value) { fields.Add((tag, value.ToArray())); count++; }
-            void AddU(Tag tag, ulong value) { if (value != 0) { field.Clear(); field.VarUInt(value); Add(tag, field.WrittenSpan); } }
-            void AddI(Tag tag, long value) { if (value != 0) { field.Clear(); field.VarInt(value); Add(tag, field.WrittenSpan); } }
-
-            Add(Tag.Name, n.Name);
-            AddU(Tag.Type, (ulong)n.Type);
-            AddU(Tag.Mode, n.Mode);
-            AddU(Tag.Uid, n.Uid);
-            AddU(Tag.Gid, n.Gid);
-            if (n.User is not null) Add(Tag.User, System.Text.Encoding.UTF8.GetBytes(n.User));
-            if (n.Group is not null) Add(Tag.Group, System.Text.Encoding.UTF8.GetBytes(n.Group));
-            AddU(Tag.Size, (ulong)n.Size);
-            AddI(Tag.ModifyTime, n.ModifyTimeNs);
-            AddI(Tag.AccessTime, n.AccessTimeNs);
-            AddI(Tag.ChangeTime, n.ChangeTimeNs);
-            AddU(Tag.Inode, n.Inode);
-            AddU(Tag.Device, n.DeviceId);
-            AddU(Tag.Links, n.Links);
-            AddU(Tag.RDev, n.RDev);
+            node.Begin();
+            node.Bytes(Tag.Name, n.Name);
+            node.UInt(Tag.Type, (ulong)n.Type);
+            node.UInt(Tag.Mode, n.Mode);
+            node.UInt(Tag.Uid, n.Uid);
+            node.UInt(Tag.Gid, n.Gid);
+            node.Text(Tag.User, n.User);
+            node.Text(Tag.Group, n.Group);
+            node.UInt(Tag.Size, (ulong)n.Size);
+            node.Int(Tag.ModifyTime, n.ModifyTimeNs);
+            node.Int(Tag.AccessTime, n.AccessTimeNs);
+            node.Int(Tag.ChangeTime, n.ChangeTimeNs);
+            node.UInt(Tag.Inode, n.Inode);
+            node.UInt(Tag.Device, n.DeviceId);
+            node.UInt(Tag.Links, n.Links);
+            node.UInt(Tag.RDev, n.RDev);
             if (n.Content is { Count: > 0 } content)
             {
-                var ids = new byte[content.Count * ObjectId.Size];
-                for (int i = 0; i < content.Count; i++)
-                {
-                    content[i].CopyTo(ids.AsSpan(i * ObjectId.Size));
-                }
-
-                Add(Tag.Content, ids);
+                node.Ids(Tag.Content, content);
             }
 
-            if (n.Subtree is { } subtree) Add(Tag.Subtree, subtree.ToArray());
-            if (n.LinkTarget is not null) Add(Tag.LinkTarget, n.LinkTarget);
-            if (n.Xattrs is not null)
+            if (n.Subtree is { } subtree)
             {
-                foreach (var x in n.Xattrs)
-                {
-                    field.Clear();
-                    field.Bytes(x.Name);
-                    field.Bytes(x.Value);
-                    Add(Tag.Xattr, field.WrittenSpan);
-                }
+                node.Ids(Tag.Subtree, [subtree]);
             }
 
-            w.VarUInt((ulong)count);
-            foreach (var (tag, value) in fields)
+            if (n.LinkTarget is not null)
             {
-                w.VarUInt((ulong)tag);
-                w.Bytes(value);
+                node.Bytes(Tag.LinkTarget, n.LinkTarget);
             }
+
+            foreach (var x in n.Xattrs ?? [])
+            {
+                node.Xattr(x);
+            }
+
+            node.WriteTo(w);
         }
 
         return w.WrittenSpan.ToArray();
+    }
+
+    /// <summary>Collects one node's fields, then writes the field count and the fields (reused for every node).</summary>
+    private sealed class NodeWriter
+    {
+        private readonly WireWriter _fields = new(256);
+        private readonly WireWriter _value = new(64);
+        private int _count;
+
+        public void Begin()
+        {
+            _fields.Clear();
+            _count = 0;
+        }
+
+        public void Bytes(Tag tag, ReadOnlySpan<byte> value)
+        {
+            _fields.VarUInt((ulong)tag);
+            _fields.Bytes(value);
+            _count++;
+        }
+
+        public void UInt(Tag tag, ulong value)
+        {
+            if (value != 0)
+            {
+                _value.Clear();
+                _value.VarUInt(value);
+                Bytes(tag, _value.WrittenSpan);
+            }
+        }
+
+        public void Int(Tag tag, long value)
+        {
+            if (value != 0)
+            {
+                _value.Clear();
+                _value.VarInt(value);
+                Bytes(tag, _value.WrittenSpan);
+            }
+        }
+
+        public void Text(Tag tag, string? value)
+        {
+            if (value is not null)
+            {
+                Span<byte> buffer = stackalloc byte[256];
+                int max = System.Text.Encoding.UTF8.GetMaxByteCount(value.Length);
+                if (max <= buffer.Length)
+                {
+                    Bytes(tag, buffer[..System.Text.Encoding.UTF8.GetBytes(value, buffer)]);
+                }
+                else
+                {
+                    Bytes(tag, System.Text.Encoding.UTF8.GetBytes(value));
+                }
+            }
+        }
+
+        public void Ids(Tag tag, IReadOnlyList<ObjectId> ids)
+        {
+            _fields.VarUInt((ulong)tag);
+            _fields.VarUInt((ulong)(ids.Count * ObjectId.Size));
+            foreach (var id in ids)
+            {
+                _fields.Id(id);
+            }
+
+            _count++;
+        }
+
+        public void Xattr(Xattr x)
+        {
+            _value.Clear();
+            _value.Bytes(x.Name);
+            _value.Bytes(x.Value);
+            Bytes(Tag.Xattr, _value.WrittenSpan);
+        }
+
+        public void WriteTo(WireWriter w)
+        {
+            w.VarUInt((ulong)_count);
+            w.Raw(_fields.WrittenSpan);
+        }
     }
 
     /// <summary>Decodes a tree; throws <see cref="MalformedDataException"/> on anything malformed or unsafe.</summary>

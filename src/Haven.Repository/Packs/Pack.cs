@@ -242,10 +242,19 @@ public sealed class PackBuilder
     private int _length;
 
     public PackBuilder(Aead aead, int capacity)
+        : this(aead, new byte[capacity])
+    {
+    }
+
+    /// <summary>Builds into <paramref name="buffer"/> (grown if a pack needs more); see <see cref="Buffer"/>.</summary>
+    public PackBuilder(Aead aead, byte[] buffer)
     {
         _aead = aead;
-        _buffer = new byte[capacity];
+        _buffer = buffer;
     }
+
+    /// <summary>The buffer holding the pack; the owner may reuse it once the bytes from <see cref="Finish"/> are stored.</summary>
+    public byte[] Buffer => _buffer;
 
     public int Length => _length;
 
