@@ -84,13 +84,15 @@ public sealed class BlobWriter : IAsyncDisposable
             lock (_builderLock)
             {
                 ref var builder = ref _builders[(int)type];
-                builder ??= new PackBuilder(_repo.Aead, _packBuffers.TryTake(out var reused) ? reused : new byte[PackBufferSize]);
-                builder.Add(id, type, flags, buffer.AsSpan(0, length), plaintext.Length);
-                if (builder.Length >= _repo.Config.PackSize)
+                // Close the pack before a blob would push it past the target size, so every pack buffer has one size.
+                if (builder is { Count: > 0 } && builder.Length + length > _repo.Config.PackSize)
                 {
                     full = builder;
                     builder = null;
                 }
+
+                builder ??= new PackBuilder(_repo.Aead, _packBuffers.TryTake(out var reused) ? reused : new byte[PackBufferSize]);
+                builder.Add(id, type, flags, buffer.AsSpan(0, length), plaintext.Length);
             }
         }
         finally
@@ -109,8 +111,8 @@ public sealed class BlobWriter : IAsyncDisposable
         return true;
     }
 
-    /// <summary>A pack's buffer: the target size, one blob of slack, and the header.</summary>
-    private int PackBufferSize => _repo.Config.PackSize + _repo.Config.ChunkerMax + (1024 * 1024);
+    /// <summary>A pack's buffer: the target size and room for the header (a pack of many small blobs grows it).</summary>
+    private int PackBufferSize => _repo.Config.PackSize + (1024 * 1024);
 
     private async Task UploadAsync(PackBuilder builder, CancellationToken ct)
     {
