@@ -94,6 +94,84 @@ public class RobustnessTests
     }
 
     [Fact]
+    public async Task TwoConcurrentBackupsAndAPrune_AllSucceed_AndEverySnapshotKeptRestores()
+    {
+        using var cli = new HavenCli();
+        var a = Path.Combine(cli.Root, "a");
+        var b = Path.Combine(cli.Root, "b");
+        Directory.CreateDirectory(a);
+        Directory.CreateDirectory(b);
+        WriteRandomFiles(a, 40, 1 << 20, seed: 5);
+        WriteRandomFiles(b, 40, 1 << 20, seed: 6);
+        cli.Expect(0, "init");
+        cli.Expect(0, "backup", a, "--host", "one");
+        cli.Expect(0, "backup", b, "--host", "two");
+        foreach (var f in Directory.GetFiles(a).Take(20).Concat(Directory.GetFiles(b).Take(20)))
+        {
+            File.Delete(f);
+        }
+
+        WriteRandomFiles(a, 10, 1 << 20, seed: 7);
+        var runs = await Task.WhenAll(
+            cli.RunAsync("backup", a, "--host", "one"),
+            cli.RunAsync("backup", b, "--host", "two"),
+            cli.RunAsync("forget", "--keep-last", "1", "--prune", "--retry-lock", "5m"));
+        Assert.All(runs, r => Assert.True(r.ExitCode == 0, r.ToString()));
+
+        // Whatever order the lock gave them, a final prune leaves exactly the newest snapshot per host.
+        cli.Expect(0, "forget", "--keep-last", "1", "--prune");
+        cli.Expect(0, "check", "--read-data");
+        Assert.Equal(2, cli.Expect(0, "snapshots", "--json").Json.AsArray().Count);
+        foreach (var (host, dir) in new[] { ("one", a), ("two", b) })
+        {
+            var target = Path.Combine(cli.Root, "out-" + host);
+            cli.Expect(0, "restore", "latest", "--host", host, "--target", target);
+            Assert.Empty(TestTree.Compare(dir, target + dir, new CompareOptions(Ownership: false)));
+        }
+    }
+
+    [Fact]
+    public async Task KillDuringPrune_LeavesACleanRepository_AndTheNextBackupSendsNothingAgain()
+    {
+        using var cli = new HavenCli();
+        WriteRandomFiles(cli.Source, 320, 1 << 20, seed: 8);
+        cli.Expect(0, "init");
+        cli.Expect(0, "backup", cli.Source);
+        foreach (var f in Directory.GetFiles(cli.Source).Where((_, i) => i % 2 == 0))
+        {
+            File.Delete(f);
+        }
+
+        cli.Expect(0, "backup", cli.Source);
+        cli.Expect(0, "forget", "--keep-last", "1");
+        var packsBefore = Directory.GetFiles(Path.Combine(cli.Repository, "data"), "*", SearchOption.AllDirectories).ToHashSet();
+
+        using (var p = cli.Start("prune", "--max-unused", "0%"))
+        {
+            // Kill it once it has written its first repacked pack, before it can finish.
+            var deadline = DateTime.UtcNow.AddSeconds(60);
+            while (!p.HasExited && DateTime.UtcNow < deadline
+                && !Directory.GetFiles(Path.Combine(cli.Repository, "data"), "*", SearchOption.AllDirectories).Any(f => !packsBefore.Contains(f) && !Path.GetFileName(f).StartsWith('.')))
+            {
+                await Task.Delay(5);
+            }
+
+            Assert.False(p.HasExited, "prune finished before it could be killed");
+            p.Kill(entireProcessTree: true);
+            await p.WaitForExitAsync();
+        }
+
+        cli.Expect(0, "check", "--read-data");
+        var again = cli.Expect(0, "backup", cli.Source, "--json").Json;
+        Assert.Equal(0, (long)again["summary"]!["data_blobs"]!);
+        cli.Expect(0, "prune", "--max-unused", "0%");
+        cli.Expect(0, "check", "--read-data");
+        var target = Path.Combine(cli.Root, "out");
+        cli.Expect(0, "restore", "latest", "--target", target);
+        Assert.Empty(TestTree.Compare(cli.Source, target + cli.Source, new CompareOptions(Ownership: false)));
+    }
+
+    [Fact]
     public void FullDisk_FailsWithExit15_AndKeepsWhatWasStored()
     {
         if (!Haven.Core.Posix.Posix.IsRoot)
