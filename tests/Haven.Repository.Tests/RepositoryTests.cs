@@ -155,7 +155,18 @@ public class RepositoryTests
         var repo = await TestRepository.CreateAsync(time: time);
         await using var held = await RepositoryLock.AcquireAsync(repo, true, "long prune", TimeSpan.Zero, Ct);
         time.Advance(TimeSpan.FromHours(1));
-        await Task.Delay(200);
+        // The refresh runs on the timer's continuation: wait (in real time) until the rewritten lock is visible.
+        for (int i = 0; i < 200; i++)
+        {
+            var locks = await RepositoryLock.ListLocksAsync(repo, Ct);
+            if (locks.Count == 1 && time.GetUtcNow() - locks[0].Info.Time < TimeSpan.FromMinutes(1))
+            {
+                break;
+            }
+
+            await Task.Delay(50);
+        }
+
         var e = await Assert.ThrowsAsync<HavenException>(() => RepositoryLock.AcquireAsync(repo, false, "backup", TimeSpan.Zero, Ct));
         Assert.Equal(ErrorCode.LockConflict, e.Code);
     }
