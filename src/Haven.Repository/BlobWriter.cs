@@ -37,6 +37,8 @@ public sealed class BlobWriter : IAsyncDisposable
     private readonly SemaphoreSlim _uploads;
     private readonly List<IndexedPack> _unindexed = [];
     private readonly ConcurrentBag<byte[]> _packBuffers = [];
+    private readonly List<Task> _uploadTasks = [];
+    private Exception? _uploadFailure;
     private readonly Lock _indexLock = new();
     private long _lastIndexTicks;
     private long _blobsAdded;
@@ -72,6 +74,11 @@ public sealed class BlobWriter : IAsyncDisposable
     /// </summary>
     public async ValueTask<bool> SaveAsync(BlobType type, ObjectId id, ReadOnlyMemory<byte> plaintext, CancellationToken ct)
     {
+        if (_uploadFailure is { } failure)
+        {
+            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(failure);
+        }
+
         if (_repo.Index.Contains(id) || !_inFlight.TryAdd(id, 0))
         {
             return false;
@@ -91,7 +98,10 @@ public sealed class BlobWriter : IAsyncDisposable
                     builder = null;
                 }
 
-                builder ??= new PackBuilder(_repo.Aead, _packBuffers.TryTake(out var reused) ? reused : new byte[PackBufferSize]);
+                // Tree packs rarely fill (a few MiB of trees per million files): start them small and let them grow.
+                builder ??= type == BlobType.Tree
+                    ? new PackBuilder(_repo.Aead, 1024 * 1024)
+                    : new PackBuilder(_repo.Aead, _packBuffers.TryTake(out var reused) ? reused : new byte[PackBufferSize]);
                 builder.Add(id, type, flags, buffer.AsSpan(0, length), plaintext.Length);
             }
         }
@@ -105,18 +115,34 @@ public sealed class BlobWriter : IAsyncDisposable
         Interlocked.Add(ref _bytesStored, length);
         if (full is not null)
         {
-            await UploadAsync(full, ct).ConfigureAwait(false);
+            await StartUploadAsync(full, ct).ConfigureAwait(false);
         }
 
         return true;
     }
 
+    /// <summary>
+    /// Starts uploading a full pack in the background, so the caller goes back to encoding; waits only while
+    /// <see cref="BlobWriterOptions.UploadConcurrency"/> uploads are already running (this bounds the pack buffers
+    /// alive at once). A failed upload is rethrown by the next <see cref="SaveAsync"/> or by <see cref="FlushAsync"/>.
+    /// </summary>
+    private async Task StartUploadAsync(PackBuilder builder, CancellationToken ct)
+    {
+        await _uploads.WaitAsync(ct).ConfigureAwait(false);
+        var task = Task.Run(() => UploadAsync(builder, ct), CancellationToken.None);
+        lock (_uploadTasks)
+        {
+            _uploadTasks.RemoveAll(t => t.IsCompletedSuccessfully);
+            _uploadTasks.Add(task);
+        }
+    }
+
     /// <summary>A pack's buffer: the target size and room for the header (a pack of many small blobs grows it).</summary>
     private int PackBufferSize => _repo.Config.PackSize + (1024 * 1024);
 
+    /// <summary>Uploads one pack and indexes it; the caller holds one <see cref="_uploads"/> slot, released here.</summary>
     private async Task UploadAsync(PackBuilder builder, CancellationToken ct)
     {
-        await _uploads.WaitAsync(ct).ConfigureAwait(false);
         try
         {
             var (bytes, name) = builder.Finish();
@@ -140,6 +166,11 @@ public sealed class BlobWriter : IAsyncDisposable
             {
                 await WriteIndexAsync(ct).ConfigureAwait(false);
             }
+        }
+        catch (Exception e)
+        {
+            _uploadFailure ??= e;
+            throw;
         }
         finally
         {
@@ -199,13 +230,44 @@ public sealed class BlobWriter : IAsyncDisposable
             }
         }
 
-        await Task.WhenAll(builders.Select(b => UploadAsync(b, ct))).ConfigureAwait(false);
+        foreach (var b in builders)
+        {
+            await StartUploadAsync(b, ct).ConfigureAwait(false);
+        }
+
+        Task[] pending;
+        lock (_uploadTasks)
+        {
+            pending = _uploadTasks.ToArray();
+            _uploadTasks.Clear();
+        }
+
+        await Task.WhenAll(pending).ConfigureAwait(false);
+        if (_uploadFailure is { } failure)
+        {
+            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(failure);
+        }
+
         await WriteIndexAsync(ct).ConfigureAwait(false);
     }
 
-    public ValueTask DisposeAsync()
+    public async ValueTask DisposeAsync()
     {
+        Task[] pending;
+        lock (_uploadTasks)
+        {
+            pending = _uploadTasks.ToArray();
+        }
+
+        try
+        {
+            await Task.WhenAll(pending).ConfigureAwait(false);
+        }
+        catch (Exception)
+        {
+            // Already reported through SaveAsync or FlushAsync.
+        }
+
         _uploads.Dispose();
-        return ValueTask.CompletedTask;
     }
 }

@@ -1,3 +1,4 @@
+using Microsoft.Win32.SafeHandles;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Security.Cryptography;
@@ -101,8 +102,8 @@ public sealed partial class LocalStore : IStore
         string path = PathOf(handle);
         try
         {
-            using var file = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
-            long length = RandomAccess.GetLength(file);
+            var (file, length, owned) = OpenForRange(handle, path);
+            using var release = owned ? file : null;
             if (offset + buffer.Length > length)
             {
                 throw RangePastEnd(handle, offset, buffer.Length, length);
@@ -117,6 +118,53 @@ public sealed partial class LocalStore : IStore
         catch (Exception e) when (Translate(e, "read", handle) is { } translated)
         {
             throw translated;
+        }
+    }
+
+    /// <summary>At most this many pack files stay open for range reads (restore and check read many blobs per pack).</summary>
+    private const int MaxOpenPacks = 64;
+
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, (SafeFileHandle Handle, long Length)> _openPacks = new();
+
+    /// <summary>
+    /// A read handle and the file's length. Packs are write-once, so their handles are kept open and shared (reads at
+    /// an offset need no per-call open, fstat, lock and close); other files are opened per call and owned by the caller.
+    /// </summary>
+    private (SafeFileHandle Handle, long Length, bool Owned) OpenForRange(StoreHandle handle, string path)
+    {
+        if (handle.Kind == FileKind.Pack && _openPacks.TryGetValue(path, out var open))
+        {
+            return (open.Handle, open.Length, false);
+        }
+
+        var file = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
+        long length = RandomAccess.GetLength(file);
+        if (handle.Kind != FileKind.Pack)
+        {
+            return (file, length, true);
+        }
+
+        if (_openPacks.Count >= MaxOpenPacks)
+        {
+            CloseOpenPacks(); // simple and rare: the working set of a restore is a few packs at a time
+        }
+
+        if (!_openPacks.TryAdd(path, (file, length)))
+        {
+            return (file, length, true);
+        }
+
+        return (file, length, false);
+    }
+
+    private void CloseOpenPacks()
+    {
+        foreach (var path in _openPacks.Keys)
+        {
+            if (_openPacks.TryRemove(path, out var entry))
+            {
+                entry.Handle.Dispose(); // a read in progress keeps the handle alive until it ends (SafeHandle)
+            }
         }
     }
 
@@ -189,6 +237,11 @@ public sealed partial class LocalStore : IStore
     {
         string path = PathOf(handle);
         cancellationToken.ThrowIfCancellationRequested();
+        if (_openPacks.TryRemove(path, out var open))
+        {
+            open.Handle.Dispose();
+        }
+
         try
         {
             File.Delete(path); // a missing file is fine; a missing folder throws DirectoryNotFoundException
@@ -204,7 +257,11 @@ public sealed partial class LocalStore : IStore
         return Task.CompletedTask;
     }
 
-    public ValueTask DisposeAsync() => ValueTask.CompletedTask;
+    public ValueTask DisposeAsync()
+    {
+        CloseOpenPacks();
+        return ValueTask.CompletedTask;
+    }
 
     private string PathOf(StoreHandle handle)
     {

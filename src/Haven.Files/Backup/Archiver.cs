@@ -569,8 +569,12 @@ public sealed class Archiver
         }
     }
 
+    /// <summary>
+    /// A reader's buffer: one maximum chunk of look-ahead plus 2 MiB, so each refill reads at least 2 MiB while the
+    /// bytes moved to the front stay below one chunk in the common case.
+    /// </summary>
     private byte[] RentReadBuffer() =>
-        _readBuffers.TryTake(out var b) ? b : new byte[_repo.Chunker.Parameters.MaxSize * 2];
+        _readBuffers.TryTake(out var b) ? b : new byte[_repo.Chunker.Parameters.MaxSize + (2 * 1024 * 1024)];
 
     private async Task<(List<ObjectId>? Content, FileStat Stat)> ReadFileAsync(byte[] path, FileStat st, CancellationToken ct)
     {

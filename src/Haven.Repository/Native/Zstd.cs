@@ -38,9 +38,10 @@ public static unsafe partial class Zstd
     [LibraryImport(Lib, EntryPoint = "ZSTD_versionNumber")]
     public static partial uint VersionNumber();
 
-    // Contexts live as long as their thread; zstd frees nothing we must reclaim earlier.
-    [ThreadStatic] private static nint t_cctx;
-    [ThreadStatic] private static nint t_dctx;
+    // A level-3 compression context holds a few MiB of tables. Thread-pool threads come and go, so contexts are
+    // pooled rather than kept per thread: the pool holds as many as were ever in use at once (about the core count).
+    private static readonly System.Collections.Concurrent.ConcurrentBag<nint> CompressionContexts = [];
+    private static readonly System.Collections.Concurrent.ConcurrentBag<nint> DecompressionContexts = [];
 
     public const int MinLevel = 1;
     public const int MaxLevel = 19;
@@ -51,22 +52,28 @@ public static unsafe partial class Zstd
     /// <remarks>The destination must hold <see cref="CompressBound"/> bytes, or the call fails with a HavenException.</remarks>
     public static int Compress(ReadOnlySpan<byte> source, Span<byte> destination, int level)
     {
-        nint cctx = t_cctx;
-        if (cctx == 0)
+        if (!CompressionContexts.TryTake(out nint cctx))
         {
-            t_cctx = cctx = CreateCCtx();
+            cctx = CreateCCtx();
         }
 
-        fixed (byte* src = source)
-        fixed (byte* dst = destination)
+        try
         {
-            nuint result = CompressCCtx(cctx, dst, (nuint)destination.Length, src, (nuint)source.Length, level);
-            if (IsError(result) != 0)
+            fixed (byte* src = source)
+            fixed (byte* dst = destination)
             {
-                throw new HavenException(ErrorCode.Failed, $"zstd compression failed: {ErrorName(result)}");
-            }
+                nuint result = CompressCCtx(cctx, dst, (nuint)destination.Length, src, (nuint)source.Length, level);
+                if (IsError(result) != 0)
+                {
+                    throw new HavenException(ErrorCode.Failed, $"zstd compression failed: {ErrorName(result)}");
+                }
 
-            return (int)result;
+                return (int)result;
+            }
+        }
+        finally
+        {
+            CompressionContexts.Add(cctx);
         }
     }
 
@@ -76,17 +83,23 @@ public static unsafe partial class Zstd
     /// </summary>
     public static bool TryDecompress(ReadOnlySpan<byte> source, Span<byte> destination)
     {
-        nint dctx = t_dctx;
-        if (dctx == 0)
+        if (!DecompressionContexts.TryTake(out nint dctx))
         {
-            t_dctx = dctx = CreateDCtx();
+            dctx = CreateDCtx();
         }
 
-        fixed (byte* src = source)
-        fixed (byte* dst = destination)
+        try
         {
-            nuint result = DecompressDCtx(dctx, dst, (nuint)destination.Length, src, (nuint)source.Length);
-            return IsError(result) == 0 && result == (nuint)destination.Length;
+            fixed (byte* src = source)
+            fixed (byte* dst = destination)
+            {
+                nuint result = DecompressDCtx(dctx, dst, (nuint)destination.Length, src, (nuint)source.Length);
+                return IsError(result) == 0 && result == (nuint)destination.Length;
+            }
+        }
+        finally
+        {
+            DecompressionContexts.Add(dctx);
         }
     }
 
