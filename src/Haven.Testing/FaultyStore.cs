@@ -37,6 +37,9 @@ public sealed class FaultyStore : IStore
     private (int AfterItems, StoreErrorKind Kind)? _listingFailure;
     private long? _putByteLimit;
     private long _bytesPut;
+    private (StoreOperation Operation, int Nth)? _crash;
+    private int _crashCount;
+    private Func<StoreHandle, bool>? _refusePuts;
 
     public FaultyStore(IStore inner)
     {
@@ -50,6 +53,33 @@ public sealed class FaultyStore : IStore
 
     /// <summary>Total bytes of the puts that went through to the inner store.</summary>
     public long BytesPut => Interlocked.Read(ref _bytesPut);
+
+    /// <summary>True once the crash set by <see cref="CrashAt"/> happened.</summary>
+    public bool Crashed { get; private set; }
+
+    /// <summary>
+    /// Simulates the death of the writer at the <paramref name="nth"/> call of <paramref name="operation"/> (counted
+    /// from now): that call and every later put and delete fail permanently, as if the process were gone.
+    /// </summary>
+    public void CrashAt(StoreOperation operation, int nth)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(nth, 1);
+        lock (_lock)
+        {
+            _crash = (operation, nth);
+            _crashCount = 0;
+            Crashed = false;
+        }
+    }
+
+    /// <summary>Puts of handles matching <paramref name="refuse"/> fail permanently (null: none do).</summary>
+    public void RefusePuts(Func<StoreHandle, bool>? refuse)
+    {
+        lock (_lock)
+        {
+            _refusePuts = refuse;
+        }
+    }
 
     /// <summary>Makes the next <paramref name="count"/> calls of <paramref name="operation"/> fail with <paramref name="kind"/>.</summary>
     public void FailNext(StoreOperation operation, int count = 1, StoreErrorKind kind = StoreErrorKind.Transient)
@@ -213,7 +243,20 @@ public sealed class FaultyStore : IStore
         StoreErrorKind kind;
         lock (_lock)
         {
-            if (!_failures[(int)operation].TryDequeue(out kind))
+            if (_crash is { } crash && operation == crash.Operation && ++_crashCount == crash.Nth)
+            {
+                Crashed = true;
+            }
+
+            if (Crashed && operation is StoreOperation.Put or StoreOperation.Delete)
+            {
+                kind = StoreErrorKind.Permanent;
+            }
+            else if (operation == StoreOperation.Put && handle is { } put && _refusePuts?.Invoke(put) == true)
+            {
+                kind = StoreErrorKind.Permanent;
+            }
+            else if (!_failures[(int)operation].TryDequeue(out kind))
             {
                 return;
             }

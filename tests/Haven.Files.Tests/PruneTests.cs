@@ -11,36 +11,6 @@ using PosixCalls = Haven.Core.Posix.Posix;
 
 namespace Haven.Files.Tests;
 
-/// <summary>A store that refuses to store index files while <see cref="Refusing"/>: a backup dies after uploading its packs.</summary>
-internal sealed class IndexRefusingStore(IStore inner) : IStore
-{
-    public bool Refusing { get; set; } = true;
-
-    public string Location => inner.Location;
-
-    public Task PutAsync(StoreHandle handle, ReadOnlyMemory<byte> data, CancellationToken cancellationToken) =>
-        Refusing && handle.Kind == FileKind.Index
-            ? throw new StoreException(StoreErrorKind.Permanent, $"injected: {handle} refused (the backup is killed here)")
-            : inner.PutAsync(handle, data, cancellationToken);
-
-    public Task<byte[]> GetAsync(StoreHandle handle, CancellationToken cancellationToken) => inner.GetAsync(handle, cancellationToken);
-
-    public Task ReadRangeAsync(StoreHandle handle, long offset, Memory<byte> buffer, CancellationToken cancellationToken) => inner.ReadRangeAsync(handle, offset, buffer, cancellationToken);
-
-    public async IAsyncEnumerable<StoreFileInfo> ListAsync(FileKind kind, [EnumeratorCancellation] CancellationToken cancellationToken)
-    {
-        await foreach (var f in inner.ListAsync(kind, cancellationToken).ConfigureAwait(false))
-        {
-            yield return f;
-        }
-    }
-
-    public Task<StoreFileInfo?> StatAsync(StoreHandle handle, CancellationToken cancellationToken) => inner.StatAsync(handle, cancellationToken);
-
-    public Task DeleteAsync(StoreHandle handle, CancellationToken cancellationToken) => inner.DeleteAsync(handle, cancellationToken);
-
-    public ValueTask DisposeAsync() => ValueTask.CompletedTask;
-}
 
 public class PruneTests
 {
@@ -124,7 +94,8 @@ public class PruneTests
         var big = new byte[3_000_000];
         new Random(21).NextBytes(big);
         File.WriteAllBytes(Path.Combine(s.Source, "new.bin"), big);
-        var refusing = new IndexRefusingStore(s.Store);
+        var refusing = new FaultyStore(s.Store);
+        refusing.RefusePuts(h => h.Kind == FileKind.Index); // the backup dies after uploading its packs
         var dying = await Haven.Repository.Repository.OpenAsync(refusing, TestRepository.Password);
         await Assert.ThrowsAsync<StoreException>(() => Scratch.BackupAsync(dying, new BackupOptions { Paths = [s.Source], Time = T0.AddDays(1), CacheRoot = cache }));
 

@@ -169,56 +169,6 @@ internal sealed class PruneFixture
     }
 }
 
-/// <summary>
-/// "kill -9 at the Nth put (or delete)": from the Nth call of the operation on, every put and delete fails, through
-/// <see cref="FaultyStore"/>'s injected permanent failures, so nothing more reaches the store, as if the process had died.
-/// </summary>
-internal sealed class CrashingStore(FaultyStore inner, StoreOperation operation, int crashAt) : IStore
-{
-    private int _calls;
-
-    public bool Crashed { get; private set; }
-
-    public string Location => inner.Location;
-
-    private void Count(StoreOperation op)
-    {
-        if (op == operation && Interlocked.Increment(ref _calls) == crashAt)
-        {
-            Crashed = true;
-            inner.FailNext(StoreOperation.Put, 10_000, StoreErrorKind.Permanent);
-            inner.FailNext(StoreOperation.Delete, 10_000, StoreErrorKind.Permanent);
-        }
-    }
-
-    public Task PutAsync(StoreHandle handle, ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
-    {
-        Count(StoreOperation.Put);
-        return inner.PutAsync(handle, data, cancellationToken);
-    }
-
-    public Task DeleteAsync(StoreHandle handle, CancellationToken cancellationToken)
-    {
-        Count(StoreOperation.Delete);
-        return inner.DeleteAsync(handle, cancellationToken);
-    }
-
-    public Task<byte[]> GetAsync(StoreHandle handle, CancellationToken cancellationToken) => inner.GetAsync(handle, cancellationToken);
-
-    public Task ReadRangeAsync(StoreHandle handle, long offset, Memory<byte> buffer, CancellationToken cancellationToken) => inner.ReadRangeAsync(handle, offset, buffer, cancellationToken);
-
-    public async IAsyncEnumerable<StoreFileInfo> ListAsync(FileKind kind, [EnumeratorCancellation] CancellationToken cancellationToken)
-    {
-        await foreach (var f in inner.ListAsync(kind, cancellationToken).ConfigureAwait(false))
-        {
-            yield return f;
-        }
-    }
-
-    public Task<StoreFileInfo?> StatAsync(StoreHandle handle, CancellationToken cancellationToken) => inner.StatAsync(handle, cancellationToken);
-
-    public ValueTask DisposeAsync() => ValueTask.CompletedTask;
-}
 
 public class PrunerTests
 {
@@ -730,7 +680,8 @@ public class PrunerTests
         for (int n = 1; n <= calls; n++)
         {
             var store = PruneFixture.Clone(template);
-            var crashing = new CrashingStore(new FaultyStore(store), operation, n);
+            var crashing = new FaultyStore(store);
+            crashing.CrashAt(operation, n);
             await Assert.ThrowsAsync<StoreException>(() => PruneFixture.PruneStoreAsync(crashing, CrashOptions, store));
             Assert.True(crashing.Crashed);
 
