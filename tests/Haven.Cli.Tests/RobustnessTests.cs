@@ -17,22 +17,12 @@ public class RobustnessTests
             ? Directory.GetFiles(Path.Combine(cli.Repository, "data"), "*", SearchOption.AllDirectories).Count(f => !Path.GetFileName(f).StartsWith('.'))
             : 0;
 
-    private static void WriteRandomFiles(string dir, int count, int size, int seed)
-    {
-        var rng = new Random(seed);
-        var buffer = new byte[size];
-        for (int i = 0; i < count; i++)
-        {
-            rng.NextBytes(buffer);
-            File.WriteAllBytes(Path.Combine(dir, $"file-{i:D4}.bin"), buffer);
-        }
-    }
 
     [Fact]
     public async Task KillDuringBackup_LeavesNoSnapshot_AndTheNextRunSendsOnlyWhatWasMissing()
     {
         using var cli = new HavenCli();
-        WriteRandomFiles(cli.Source, 600, 1 << 20, seed: 1); // 600 MiB, incompressible
+        TestData.WriteRandomFiles(cli.Source, 600, 1 << 20, seed: 1); // 600 MiB, incompressible
         cli.Expect(0, "init");
 
         using (var p = cli.Start("backup", cli.Source, "--read-concurrency", "1"))
@@ -76,8 +66,8 @@ public class RobustnessTests
         var b = Path.Combine(cli.Root, "b");
         Directory.CreateDirectory(a);
         Directory.CreateDirectory(b);
-        WriteRandomFiles(a, 60, 1 << 20, seed: 2);
-        WriteRandomFiles(b, 60, 1 << 20, seed: 3);
+        TestData.WriteRandomFiles(a, 60, 1 << 20, seed: 2);
+        TestData.WriteRandomFiles(b, 60, 1 << 20, seed: 3);
         File.Copy(Path.Combine(a, "file-0000.bin"), Path.Combine(b, "shared.bin")); // deduplicated between the two
         cli.Expect(0, "init");
 
@@ -101,8 +91,8 @@ public class RobustnessTests
         var b = Path.Combine(cli.Root, "b");
         Directory.CreateDirectory(a);
         Directory.CreateDirectory(b);
-        WriteRandomFiles(a, 40, 1 << 20, seed: 5);
-        WriteRandomFiles(b, 40, 1 << 20, seed: 6);
+        TestData.WriteRandomFiles(a, 40, 1 << 20, seed: 5);
+        TestData.WriteRandomFiles(b, 40, 1 << 20, seed: 6);
         cli.Expect(0, "init");
         cli.Expect(0, "backup", a, "--host", "one");
         cli.Expect(0, "backup", b, "--host", "two");
@@ -111,7 +101,7 @@ public class RobustnessTests
             File.Delete(f);
         }
 
-        WriteRandomFiles(a, 10, 1 << 20, seed: 7);
+        TestData.WriteRandomFiles(a, 10, 1 << 20, seed: 7);
         var runs = await Task.WhenAll(
             cli.RunAsync("backup", a, "--host", "one"),
             cli.RunAsync("backup", b, "--host", "two"),
@@ -134,7 +124,7 @@ public class RobustnessTests
     public async Task KillDuringPrune_LeavesACleanRepository_AndTheNextBackupSendsNothingAgain()
     {
         using var cli = new HavenCli();
-        WriteRandomFiles(cli.Source, 320, 1 << 20, seed: 8);
+        TestData.WriteRandomFiles(cli.Source, 320, 1 << 20, seed: 8);
         cli.Expect(0, "init");
         cli.Expect(0, "backup", cli.Source);
         foreach (var f in Directory.GetFiles(cli.Source).Where((_, i) => i % 2 == 0))
@@ -187,7 +177,7 @@ public class RobustnessTests
             File.WriteAllText(Path.Combine(cli.Source, "small.txt"), "small but important");
             cli.Expect(0, "init");
             cli.Expect(0, "backup", cli.Source);
-            WriteRandomFiles(cli.Source, 40, 1 << 20, seed: 4);
+            TestData.WriteRandomFiles(cli.Source, 40, 1 << 20, seed: 4);
 
             var full = cli.Run("backup", cli.Source);
             Assert.True(full.ExitCode == ExitCodes.NoSpace, full.ToString());

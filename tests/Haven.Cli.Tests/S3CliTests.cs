@@ -40,16 +40,6 @@ public class S3CliTests
         return cli;
     }
 
-    private static void WriteRandomFiles(string dir, int count, int size, int seed)
-    {
-        var rng = new Random(seed);
-        var buffer = new byte[size];
-        for (int i = 0; i < count; i++)
-        {
-            rng.NextBytes(buffer);
-            File.WriteAllBytes(Path.Combine(dir, $"f{i:D3}.bin"), buffer);
-        }
-    }
 
     [Fact]
     public void BackupRestoreAndCheck_WorkOnS3()
@@ -86,7 +76,7 @@ public class S3CliTests
 
         using var relay = new TcpRelay(s3.Host, s3.Port);
         using var cli = CliFor("127.0.0.1", relay.Port, s3);
-        WriteRandomFiles(cli.Source, 200, 1 << 20, seed: 12);
+        TestData.WriteRandomFiles(cli.Source, 200, 1 << 20, seed: 12);
         cli.Expect(0, "init");
 
         var run = cli.RunAsync("backup", cli.Source);

@@ -1,0 +1,17 @@
+namespace Haven.Testing;
+
+/// <summary>Seeded file contents for tests that need volume rather than variety.</summary>
+public static class TestData
+{
+    /// <summary>Writes <paramref name="count"/> files of <paramref name="size"/> random (incompressible, unique) bytes.</summary>
+    public static void WriteRandomFiles(string directory, int count, int size, int seed, string prefix = "file-")
+    {
+        var rng = new Random(seed);
+        var buffer = new byte[size];
+        for (int i = 0; i < count; i++)
+        {
+            rng.NextBytes(buffer);
+            File.WriteAllBytes(Path.Combine(directory, $"{prefix}{i:D4}.bin"), buffer);
+        }
+    }
+}
