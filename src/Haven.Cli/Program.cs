@@ -58,4 +58,16 @@ if (parse.Errors.Count > 0 && parse.Action is not System.CommandLine.Help.HelpAc
     return 2;
 }
 
-return await parse.InvokeAsync();
+int exitCode = await parse.InvokeAsync();
+if (Environment.GetEnvironmentVariable("HAVEN_DEBUG_MEMORY") == "1")
+{
+    // For memory work: the managed heap at its last GC against the process peak (the rest is native or runtime).
+    var info = GC.GetGCMemoryInfo();
+    using var self = System.Diagnostics.Process.GetCurrentProcess();
+    Console.Error.WriteLine(
+        $"memory: peak working set {self.PeakWorkingSet64 >> 20} MiB; managed heap {info.HeapSizeBytes >> 20} MiB "
+        + $"(committed {info.TotalCommittedBytes >> 20} MiB, fragmented {info.FragmentedBytes >> 20} MiB, promoted {info.PromotedBytes >> 20} MiB); "
+        + $"total allocated {GC.GetTotalAllocatedBytes() >> 20} MiB; collections gen0 {GC.CollectionCount(0)}, gen1 {GC.CollectionCount(1)}, gen2 {GC.CollectionCount(2)}");
+}
+
+return exitCode;
