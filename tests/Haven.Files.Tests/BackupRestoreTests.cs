@@ -223,4 +223,19 @@ public class BackupRestoreTests
         Assert.Equal(Haven.Storage.StoreErrorKind.NoSpace, e.Kind);
         Assert.Empty(await repo.ListAsync(Haven.Storage.FileKind.Snapshot, CancellationToken.None));
     }
+
+    [Fact]
+    public async Task Backup_WhoseUploadsFail_ReportsTheStoreErrorAndLeavesNoSnapshot()
+    {
+        await using var s = new Scratch();
+        TestTree.CreateHardCases(s.Source, includeLargeFile: false, seed: 13);
+        var faulty = new FaultyStore(new MemoryStore());
+        var repo = await TestRepository.CreateAsync(faulty, TestRepository.SmallChunks);
+        faulty.RefusePuts(h => h.Kind == Haven.Storage.FileKind.Pack);
+        var backup = Scratch.BackupAsync(repo, new BackupOptions { Paths = [s.Source] });
+        Assert.Same(backup, await Task.WhenAny(backup, Task.Delay(TimeSpan.FromSeconds(60))));
+        var e = await Assert.ThrowsAsync<Haven.Storage.StoreException>(() => backup);
+        Assert.Equal(Haven.Storage.StoreErrorKind.Permanent, e.Kind);
+        Assert.Empty(await repo.ListAsync(Haven.Storage.FileKind.Snapshot, CancellationToken.None));
+    }
 }
