@@ -92,7 +92,7 @@ public sealed class BlobWriter : IAsyncDisposable
             {
                 ref var builder = ref _builders[(int)type];
                 // Close the pack before a blob would push it past the target size, so every pack buffer has one size.
-                if (builder is { Count: > 0 } && builder.Length + length > _repo.Config.PackSize)
+                if (builder is { Count: > 0 } && (builder.Length + length > _repo.Config.PackSize || builder.Count >= PackFormat.MaxEntries))
                 {
                     full = builder;
                     builder = null;

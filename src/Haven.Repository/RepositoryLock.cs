@@ -24,6 +24,7 @@ public sealed class RepositoryLock : IAsyncDisposable
     private ObjectId _current;
     private Task? _refresher;
     private long _lastRefreshTicks;
+    private DateTimeOffset _lastRefreshWall;
 
     private RepositoryLock(Repository repo, LockInfo info)
     {
@@ -80,6 +81,7 @@ public sealed class RepositoryLock : IAsyncDisposable
         var info = _info with { Time = _repo.Time.GetUtcNow() };
         _current = await _repo.SaveSealedAsync(FileKind.Lock, JsonSerializer.SerializeToUtf8Bytes(info, RepositoryJson.Default.LockInfo), ct).ConfigureAwait(false);
         _lastRefreshTicks = _repo.Time.GetTimestamp();
+        _lastRefreshWall = _repo.Time.GetUtcNow();
         if (!old.IsZero)
         {
             await _repo.Store.DeleteAsync(new StoreHandle(FileKind.Lock, old.ToString()), ct).ConfigureAwait(false);
@@ -154,7 +156,10 @@ public sealed class RepositoryLock : IAsyncDisposable
     /// <summary>Throws when this lock may have expired (e.g. the machine slept); call before committing a snapshot.</summary>
     public void EnsureValid()
     {
-        if (_repo.Time.GetElapsedTime(_lastRefreshTicks) > StaleAfter - TimeSpan.FromMinutes(1))
+        // Both clocks: the monotonic one does not advance while the machine sleeps, the wall clock does (and other
+        // hosts judge staleness by the wall-clock time in the lock file).
+        var limit = StaleAfter - TimeSpan.FromMinutes(1);
+        if (_repo.Time.GetElapsedTime(_lastRefreshTicks) > limit || _repo.Time.GetUtcNow() - _lastRefreshWall > limit)
         {
             throw new HavenException(ErrorCode.LockConflict, "this process's lock expired (was the machine asleep?); nothing was committed", "run the command again");
         }
@@ -162,20 +167,21 @@ public sealed class RepositoryLock : IAsyncDisposable
 
     private async Task RefreshLoopAsync()
     {
-        try
+        while (!_stop.IsCancellationRequested)
         {
-            while (true)
+            try
             {
                 await Task.Delay(RefreshInterval, _repo.Time, _stop.Token).ConfigureAwait(false);
                 await WriteAsync(_stop.Token).ConfigureAwait(false);
             }
-        }
-        catch (OperationCanceledException)
-        {
-        }
-        catch (Exception)
-        {
-            // A failed refresh is retried at the next interval; EnsureValid guards the commit.
+            catch (OperationCanceledException) when (_stop.IsCancellationRequested)
+            {
+                return;
+            }
+            catch (Exception)
+            {
+                // A failed refresh is retried at the next interval; EnsureValid guards every commit.
+            }
         }
     }
 

@@ -110,14 +110,21 @@ public sealed class UploadJournal : IDisposable
         }
 
         var packs = new HashSet<ObjectId>();
-        foreach (var journal in journals)
+        foreach (var journal in journals.ToList())
         {
-            foreach (var line in File.ReadLines(journal))
+            try
             {
-                if (ObjectId.TryParse(line.Trim(), out var id) && !repo.Index.ContainsPack(id))
+                foreach (var line in File.ReadLines(journal))
                 {
-                    packs.Add(id);
+                    if (ObjectId.TryParse(line.Trim(), out var id) && !repo.Index.ContainsPack(id))
+                    {
+                        packs.Add(id);
+                    }
                 }
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                journals.Remove(journal); // another backup starting at the same moment took it
             }
         }
 
@@ -125,20 +132,20 @@ public sealed class UploadJournal : IDisposable
         foreach (var pack in packs)
         {
             var handle = new StoreHandle(FileKind.Pack, pack.ToString());
-            var stat = await repo.Store.StatAsync(handle, ct).ConfigureAwait(false);
-            if (stat is null)
-            {
-                continue; // never arrived, or pruned since
-            }
-
             try
             {
+                var stat = await repo.Store.StatAsync(handle, ct).ConfigureAwait(false);
+                if (stat is null)
+                {
+                    continue; // never arrived, or pruned since
+                }
+
                 var blobs = await PackFormat.ReadHeaderAsync(repo.Store, repo.Aead, pack.ToString(), stat.Value.Size, ct).ConfigureAwait(false);
                 recovered.Packs.Add(new IndexedPack(pack, blobs));
             }
-            catch (HavenException)
+            catch (Exception e) when (e is HavenException or StoreException)
             {
-                // A damaged pack is left for check and prune; its blobs are simply stored again.
+                // A damaged or unreachable pack is left for check and prune; its blobs are simply stored again.
             }
         }
 
@@ -153,7 +160,13 @@ public sealed class UploadJournal : IDisposable
 
         foreach (var journal in journals)
         {
-            File.Delete(journal);
+            try
+            {
+                File.Delete(journal);
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+            }
         }
 
         return recovered.Packs.Count;

@@ -102,22 +102,35 @@ public sealed partial class LocalStore : IStore
         string path = PathOf(handle);
         try
         {
-            var (file, length, owned) = OpenForRange(handle, path);
-            using var release = owned ? file : null;
-            if (offset + buffer.Length > length)
+            try
             {
-                throw RangePastEnd(handle, offset, buffer.Length, length);
+                await ReadRangeFromAsync(OpenForRange(handle, path), handle, offset, buffer, cancellationToken).ConfigureAwait(false);
             }
-
-            int read = await ReadFullyAsync(file, offset, buffer, cancellationToken).ConfigureAwait(false);
-            if (read != buffer.Length)
+            catch (ObjectDisposedException)
             {
-                throw RangePastEnd(handle, offset, buffer.Length, offset + read);
+                // A shared pack handle was closed (evicted or deleted) while this read started: read with a fresh one.
+                var file = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
+                await ReadRangeFromAsync((file, RandomAccess.GetLength(file), true), handle, offset, buffer, cancellationToken).ConfigureAwait(false);
             }
         }
         catch (Exception e) when (Translate(e, "read", handle) is { } translated)
         {
             throw translated;
+        }
+    }
+
+    private async Task ReadRangeFromAsync((SafeFileHandle Handle, long Length, bool Owned) open, StoreHandle handle, long offset, Memory<byte> buffer, CancellationToken cancellationToken)
+    {
+        using var release = open.Owned ? open.Handle : null;
+        if (offset + buffer.Length > open.Length)
+        {
+            throw RangePastEnd(handle, offset, buffer.Length, open.Length);
+        }
+
+        int read = await ReadFullyAsync(open.Handle, offset, buffer, cancellationToken).ConfigureAwait(false);
+        if (read != buffer.Length)
+        {
+            throw RangePastEnd(handle, offset, buffer.Length, offset + read);
         }
     }
 

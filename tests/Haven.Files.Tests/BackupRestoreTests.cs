@@ -238,4 +238,41 @@ public class BackupRestoreTests
         Assert.Equal(Haven.Storage.StoreErrorKind.Permanent, e.Kind);
         Assert.Empty(await repo.ListAsync(Haven.Storage.FileKind.Snapshot, CancellationToken.None));
     }
+
+    [Fact]
+    public async Task Restore_NeverWritesThroughAHardLinkAlreadyInTheTarget()
+    {
+        await using var s = new Scratch();
+        File.WriteAllText(Path.Combine(s.Source, "a"), "content of a");
+        File.WriteAllText(Path.Combine(s.Source, "b"), "content of b");
+        var repo = await TestRepository.CreateAsync(s.Store);
+        var backup = await Scratch.BackupAsync(repo, new BackupOptions { Paths = [s.Source] });
+
+        // The target already holds a and b as hard links of a file outside it.
+        var outside = Path.Combine(s.Root, "outside.txt");
+        File.WriteAllText(outside, "must stay as it is");
+        Directory.CreateDirectory(s.RestoredSource);
+        PosixCalls.Link(PosixPath.FromString(outside), PosixPath.FromString(Path.Combine(s.RestoredSource, "a")));
+        PosixCalls.Link(PosixPath.FromString(outside), PosixPath.FromString(Path.Combine(s.RestoredSource, "b")));
+
+        var result = await s.RestoreAsync(repo, backup);
+        Assert.Empty(result.Errors);
+        Assert.Equal("must stay as it is", File.ReadAllText(outside));
+        Assert.Equal("content of a", File.ReadAllText(Path.Combine(s.RestoredSource, "a")));
+        Assert.Equal("content of b", File.ReadAllText(Path.Combine(s.RestoredSource, "b")));
+    }
+
+    [Fact]
+    public async Task BeforeCommit_CanStopTheSnapshotFromBeingWritten()
+    {
+        await using var s = new Scratch();
+        File.WriteAllText(Path.Combine(s.Source, "f"), "data");
+        var repo = await TestRepository.CreateAsync(s.Store);
+        await Assert.ThrowsAsync<HavenException>(() => Scratch.BackupAsync(repo, new BackupOptions
+        {
+            Paths = [s.Source],
+            BeforeCommit = () => throw new HavenException(ErrorCode.LockConflict, "lock expired"),
+        }));
+        Assert.Empty(await repo.ListAsync(Haven.Storage.FileKind.Snapshot, CancellationToken.None));
+    }
 }

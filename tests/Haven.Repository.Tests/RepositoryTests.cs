@@ -170,4 +170,34 @@ public class RepositoryTests
         var e = await Assert.ThrowsAsync<HavenException>(() => RepositoryLock.AcquireAsync(repo, false, "backup", TimeSpan.Zero, Ct));
         Assert.Equal(ErrorCode.LockConflict, e.Code);
     }
+
+    [Fact]
+    public async Task AFailedLockRefresh_IsRetriedAtTheNextInterval()
+    {
+        var time = new ManualTimeProvider(DateTimeOffset.UtcNow);
+        var faulty = new FaultyStore(new MemoryStore());
+        var repo = await TestRepository.CreateAsync(faulty, time: time);
+        await using var held = await RepositoryLock.AcquireAsync(repo, true, "long prune", TimeSpan.Zero, Ct);
+        faulty.FailNext(StoreOperation.Put, 1, StoreErrorKind.Transient);
+        time.Advance(RepositoryLock.RefreshInterval); // this refresh fails
+        await Task.Delay(100);
+        for (int i = 0; i < 5; i++)
+        {
+            time.Advance(RepositoryLock.RefreshInterval); // these must still happen
+            await Task.Delay(100);
+        }
+
+        for (int i = 0; i < 200; i++)
+        {
+            var locks = await RepositoryLock.ListLocksAsync(repo, Ct);
+            if (locks.Count == 1 && time.GetUtcNow() - locks[0].Info.Time < TimeSpan.FromMinutes(1))
+            {
+                break;
+            }
+
+            await Task.Delay(50);
+        }
+
+        held.EnsureValid();
+    }
 }

@@ -81,9 +81,9 @@ public static class BackupCommand
             };
 
             await using var repoLock = await ctx.LockAsync(repo, exclusive: false, "backup", ct);
+            options = options with { BeforeCommit = repoLock.EnsureValid };
             var archiver = new Archiver(repo, options);
             var result = await ctx.Output.WithProgressAsync(archiver.RunAsync(ct), () => Render(archiver.Progress));
-            repoLock.EnsureValid();
             foreach (var w in result.Warnings)
             {
                 Output.Warn($"{w.Path}: {w.Message}");

@@ -29,6 +29,7 @@ internal static unsafe partial class LibC
     public const int O_DIRECTORY = 0x10000;
     public const int O_NOFOLLOW = 0x20000;
     public const int O_NOATIME = 0x40000;
+    public const int O_NONBLOCK = 0x800;
     public const int O_CLOEXEC = 0x80000;
 
     public const int SEEK_DATA = 3;

@@ -373,10 +373,12 @@ public static unsafe class Posix
     /// </summary>
     public static SafeFileHandle OpenRead(byte[] path)
     {
-        int fd = Open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOATIME, 0, out int errno);
+        // O_NONBLOCK: a FIFO swapped in for a file after its lstat must not block the open (it has no effect on
+        // regular files); callers check the type of what they opened with FStat.
+        int fd = Open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOATIME | O_NONBLOCK, 0, out int errno);
         if (fd < 0 && errno == Errno.EPERM)
         {
-            fd = Open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC, 0, out errno);
+            fd = Open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK, 0, out errno);
         }
 
         if (fd < 0)

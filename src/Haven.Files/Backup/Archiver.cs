@@ -137,6 +137,7 @@ public sealed class Archiver
         // The first real cause wins: readers only see "channel closed" when an encoder failed.
         if (_encoderFailure is not null || failure is not null)
         {
+            await _writer.DisposeAsync().ConfigureAwait(false); // waits for uploads still running
             journal?.Dispose();
             System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(_encoderFailure ?? failure!);
         }
@@ -182,6 +183,11 @@ public sealed class Archiver
                 Errors = _warnings.Count(w => w.IsError),
             },
         };
+
+        if (!_options.DryRun)
+        {
+            _options.BeforeCommit?.Invoke();
+        }
 
         ObjectId? id = _options.DryRun ? null : await _repo.SaveSnapshotAsync(snapshot, ct).ConfigureAwait(false);
         await _writer.DisposeAsync().ConfigureAwait(false);
@@ -584,6 +590,12 @@ public sealed class Archiver
         {
             file = Posix.OpenRead(path);
             before = Posix.FStat(file);
+            if (before.Type != FileType.Regular)
+            {
+                file.Dispose();
+                Warn(path, new IOException($"{PosixPath.ToDisplay(path)} was replaced by a {before.Type} while the backup ran; left out"));
+                return (null, st);
+            }
         }
         catch (PosixException e) when (e.Errno == Errno.ENOENT)
         {

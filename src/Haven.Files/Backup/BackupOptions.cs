@@ -42,6 +42,12 @@ public sealed record BackupOptions
     /// <summary>Cache root for the upload journal (null: <see cref="Haven.Repository.UploadJournal.DefaultCacheRoot"/>).</summary>
     public string? CacheRoot { get; init; }
 
+    /// <summary>
+    /// Called after all data and index are stored and right before the snapshot is written; throwing aborts the
+    /// commit. The CLI checks here that its repository lock is still valid.
+    /// </summary>
+    public Action? BeforeCommit { get; init; }
+
     /// <summary>Overrides the snapshot time (for tests and imports).</summary>
     public DateTimeOffset? Time { get; init; }
 }

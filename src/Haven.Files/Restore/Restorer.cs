@@ -108,7 +108,7 @@ public sealed class Restorer
         {
             action();
         }
-        catch (Exception e) when (e is PosixException or IOException or HavenException)
+        catch (Exception e) when (e is PosixException or IOException or HavenException or Haven.Storage.StoreException)
         {
             _errors.Enqueue($"{PosixPath.ToDisplay(path)}: {e.Message}");
         }
@@ -188,7 +188,7 @@ public sealed class Restorer
             switch (node.Type)
             {
                 case FileType.Directory:
-                    if (!CreateDirectory(path))
+                    if (!CreateDirectory(path, mayReplace: selection == Selection.Yes))
                     {
                         continue;
                     }
@@ -244,8 +244,12 @@ public sealed class Restorer
         return any;
     }
 
-    /// <summary>Creates a directory, or accepts an existing real one; refuses to go through a symlink.</summary>
-    private bool CreateDirectory(byte[] path)
+    /// <summary>
+    /// Creates a directory, or accepts an existing real one; refuses to go through a symlink. Another entry in the
+    /// way is removed only when <paramref name="mayReplace"/> (the directory itself is selected): a directory
+    /// entered only to look for selected entries below must not cost the user a file.
+    /// </summary>
+    private bool CreateDirectory(byte[] path, bool mayReplace)
     {
         if (Posix.TryLStat(path, out var st, out _))
         {
@@ -257,6 +261,12 @@ public sealed class Restorer
             if (st.Type == FileType.Symlink)
             {
                 _errors.Enqueue($"{PosixPath.ToDisplay(path)}: refused: a symlink stands where the snapshot has a directory; restoring through it could write outside the target");
+                return false;
+            }
+
+            if (!mayReplace)
+            {
+                _errors.Enqueue($"{PosixPath.ToDisplay(path)}: left alone: the snapshot has a directory here, the target has another entry");
                 return false;
             }
 
@@ -294,7 +304,7 @@ public sealed class Restorer
     {
         try
         {
-            if (Posix.TryLStat(path, out var existing, out _) && existing.Type == FileType.Regular
+            if (Posix.TryLStat(path, out var existing, out _) && existing.Type == FileType.Regular && existing.Links == 1
                 && existing.Size == node.Size && existing.ModifyTimeNs == node.ModifyTimeNs && !_options.Verify)
             {
                 Interlocked.Increment(ref _skipped);
@@ -303,7 +313,9 @@ public sealed class Restorer
                 return;
             }
 
-            if (existing.Type is not (FileType.Regular or FileType.Unknown))
+            // Never write into what is there: it may be a hard link shared with another file (even one outside
+            // the target) or a read-only file; a fresh file also keeps unwritten ranges as holes.
+            if (existing.Type != FileType.Unknown)
             {
                 RemoveExisting(path);
             }
