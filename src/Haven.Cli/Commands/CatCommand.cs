@@ -104,6 +104,11 @@ public static class CatCommand
                     Console.Out.WriteLine(array.ToJsonString());
                     break;
                 case "blob":
+                    if (!repo.TryLocate(Full(), out _))
+                    {
+                        throw new HavenException(ErrorCode.NotFound, $"no index knows blob {reference}");
+                    }
+
                     var data = await repo.ReadBlobAsync(Full(), ct);
                     using (var stdout = Console.OpenStandardOutput())
                     {

@@ -49,6 +49,11 @@ public static class SnapshotsCommand
             var list = (await repo.LoadSnapshotsAsync(ct, (id, e) => Output.Warn($"snapshots/{id}: {e.Message}"))).Where(s => f.Matches(s.Snapshot)).ToList();
             if (ctx.Parse.GetValue(latest) is int n)
             {
+                if (n < 1)
+                {
+                    throw new Haven.Core.HavenException(Haven.Core.ErrorCode.Usage, "--latest needs a count of 1 or more");
+                }
+
                 list = list.TakeLast(n).ToList();
             }
 

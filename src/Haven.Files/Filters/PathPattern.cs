@@ -129,7 +129,7 @@ public sealed class PathPattern
                         return false;
                     }
 
-                    int end = p.IndexOf(']', pi + 2);
+                    int end = pi + 2 <= p.Length ? p.IndexOf(']', pi + 2) : -1;
                     if (end < 0)
                     {
                         goto default; // a lone '[' is literal
