@@ -102,9 +102,10 @@ public class RobustnessTests
         }
 
         TestData.WriteRandomFiles(a, 10, 1 << 20, seed: 7);
+        // Whichever gets the lock first, the others wait for it (as scheduled jobs would be told to).
         var runs = await Task.WhenAll(
-            cli.RunAsync("backup", a, "--host", "one"),
-            cli.RunAsync("backup", b, "--host", "two"),
+            cli.RunAsync("backup", a, "--host", "one", "--retry-lock", "5m"),
+            cli.RunAsync("backup", b, "--host", "two", "--retry-lock", "5m"),
             cli.RunAsync("forget", "--keep-last", "1", "--prune", "--retry-lock", "5m"));
         Assert.All(runs, r => Assert.True(r.ExitCode == 0, r.ToString()));
 
