@@ -410,29 +410,46 @@ public sealed class Repository : IAsyncDisposable
     /// Finds a snapshot by "latest", a full id or a unique id prefix (at least 4 hex digits), optionally filtered by
     /// host, paths and tags for "latest".
     /// </summary>
-    public async Task<(ObjectId Id, Snapshot Snapshot)> FindSnapshotAsync(string reference, SnapshotFilter? filter, CancellationToken ct)
+    public async Task<(ObjectId Id, Snapshot Snapshot)> FindSnapshotAsync(string reference, SnapshotFilter? filter, CancellationToken ct) =>
+        ResolveSnapshot(await LoadSnapshotsAsync(ct).ConfigureAwait(false), reference, filter, Location);
+
+    /// <summary>
+    /// Picks the snapshot <paramref name="reference"/> names among <paramref name="all"/> (oldest first): "latest" is
+    /// the newest matching <paramref name="filter"/>; anything else must be a full id or a unique prefix of at least
+    /// 4 hex digits.
+    /// </summary>
+    public static (ObjectId Id, Snapshot Snapshot) ResolveSnapshot(IReadOnlyList<(ObjectId Id, Snapshot Snapshot)> all, string reference, SnapshotFilter? filter, string location)
     {
-        var all = await LoadSnapshotsAsync(ct).ConfigureAwait(false);
         if (reference == "latest")
         {
             var matching = all.Where(s => filter?.Matches(s.Snapshot) ?? true).ToList();
             if (matching.Count == 0)
             {
-                throw new HavenException(ErrorCode.NotFound, $"no snapshot{filter?.Describe()} in {Location}");
+                throw new HavenException(ErrorCode.NotFound, $"no snapshot{filter?.Describe()} in {location}");
             }
 
             return matching[^1];
         }
 
+        var id = ResolveSnapshotId(reference, all.Select(s => s.Id).ToList(), location);
+        return all.First(s => s.Id == id);
+    }
+
+    /// <summary>
+    /// A full snapshot id or a unique prefix (at least 4 hex digits) among <paramref name="ids"/>; works from the
+    /// file names alone, so it also names snapshots whose files no longer decrypt (for repair).
+    /// </summary>
+    public static ObjectId ResolveSnapshotId(string reference, IReadOnlyList<ObjectId> ids, string location)
+    {
         if (reference.Length < 4 || !reference.All(Uri.IsHexDigit))
         {
             throw new HavenException(ErrorCode.Usage, $"'{reference}' is neither 'latest' nor a snapshot id (at least 4 hex digits)");
         }
 
-        var found = all.Where(s => s.Id.ToString().StartsWith(reference, StringComparison.OrdinalIgnoreCase)).ToList();
+        var found = ids.Where(id => id.ToString().StartsWith(reference, StringComparison.OrdinalIgnoreCase)).ToList();
         return found.Count switch
         {
-            0 => throw new HavenException(ErrorCode.NotFound, $"no snapshot with id {reference} in {Location}", "list them with 'haven snapshots'"),
+            0 => throw new HavenException(ErrorCode.NotFound, $"no snapshot with id {reference} in {location}", "list them with 'haven snapshots'"),
             1 => found[0],
             _ => throw new HavenException(ErrorCode.Usage, $"snapshot id prefix {reference} is ambiguous ({found.Count} snapshots match)", "give more digits"),
         };

@@ -41,7 +41,7 @@ public static class CopyCommand
         Runner.SetHandler(command, async (ctx, ct) =>
         {
             var p = ctx.Parse;
-            string sourceLocation = p.GetValue(fromRepo) ?? Env("HAVEN_FROM_REPOSITORY")
+            string sourceLocation = p.GetValue(fromRepo) ?? CliContext.Env("HAVEN_FROM_REPOSITORY")
                 ?? throw new HavenException(ErrorCode.Usage, "no source repository given", "pass --from-repo LOCATION or set HAVEN_FROM_REPOSITORY");
             if (SourceStore.SameLocation(sourceLocation, ctx.RepositoryLocation))
             {
@@ -128,8 +128,6 @@ public static class CopyCommand
         }
     }
 
-    private static string? Env(string name) => Environment.GetEnvironmentVariable(name) is { Length: > 0 } v ? v : null;
-
     /// <summary>The source repository of <c>copy</c>: its own --from-* options and HAVEN_FROM_* variables.</summary>
     private static class SourceStore
     {
@@ -142,8 +140,8 @@ public static class CopyCommand
 
         public static string Password(string? command, string? file) =>
             CliContext.ResolvePassword(
-                command ?? Env("HAVEN_FROM_PASSWORD_COMMAND"),
-                file ?? Env("HAVEN_FROM_PASSWORD_FILE"),
+                command ?? CliContext.Env("HAVEN_FROM_PASSWORD_COMMAND"),
+                file ?? CliContext.Env("HAVEN_FROM_PASSWORD_FILE"),
                 Environment.GetEnvironmentVariable("HAVEN_FROM_PASSWORD"),
                 "source repository password: ");
     }
@@ -165,43 +163,12 @@ internal static class SnapshotReferences
             return all.Where(s => filter.Matches(s.Snapshot)).ToList();
         }
 
-        var ids = all.Select(s => s.Id).ToList();
         var chosen = new HashSet<ObjectId>();
         foreach (var reference in references)
         {
-            if (reference == "latest")
-            {
-                var matching = all.Where(s => filter.Matches(s.Snapshot)).ToList();
-                if (matching.Count == 0)
-                {
-                    throw new HavenException(ErrorCode.NotFound, $"no snapshot{filter.Describe()} in {repo.Location}");
-                }
-
-                chosen.Add(matching[^1].Id);
-            }
-            else
-            {
-                chosen.Add(ResolveId(reference, ids, repo.Location));
-            }
+            chosen.Add(Haven.Repository.Repository.ResolveSnapshot(all, reference, filter, repo.Location).Id);
         }
 
         return all.Where(s => chosen.Contains(s.Id)).ToList();
-    }
-
-    /// <summary>A full id or unique prefix (at least 4 hex digits) among <paramref name="ids"/>.</summary>
-    public static ObjectId ResolveId(string reference, IReadOnlyList<ObjectId> ids, string location)
-    {
-        if (reference.Length < 4 || !reference.All(Uri.IsHexDigit))
-        {
-            throw new HavenException(ErrorCode.Usage, $"'{reference}' is neither 'latest' nor a snapshot id (at least 4 hex digits)");
-        }
-
-        var found = ids.Where(id => id.ToString().StartsWith(reference, StringComparison.OrdinalIgnoreCase)).ToList();
-        return found.Count switch
-        {
-            0 => throw new HavenException(ErrorCode.NotFound, $"no snapshot with id {reference} in {location}", "list them with 'haven snapshots'"),
-            1 => found[0],
-            _ => throw new HavenException(ErrorCode.Usage, $"snapshot id prefix {reference} is ambiguous ({found.Count} snapshots match)", "give more digits"),
-        };
     }
 }

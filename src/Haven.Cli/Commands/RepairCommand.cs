@@ -111,7 +111,7 @@ public static class RepairCommand
                 var resolved = new List<ObjectId>();
                 foreach (var r in refs)
                 {
-                    resolved.Add(r == "latest" ? (await repo.FindSnapshotAsync(r, null, ct)).Id : SnapshotReferences.ResolveId(r, all, repo.Location));
+                    resolved.Add(r == "latest" ? (await repo.FindSnapshotAsync(r, null, ct)).Id : Haven.Repository.Repository.ResolveSnapshotId(r, all, repo.Location));
                 }
 
                 selected = resolved.Distinct().ToList();

@@ -106,7 +106,8 @@ public sealed class CliContext
 
     public ParseResult Parse => _parse;
 
-    private static string? Env(string name) => Environment.GetEnvironmentVariable(name) is { Length: > 0 } v ? v : null;
+    /// <summary>An environment variable, or null when unset or empty.</summary>
+    public static string? Env(string name) => Environment.GetEnvironmentVariable(name) is { Length: > 0 } v ? v : null;
 
     private static CliConfigFile LoadConfig(string? path)
     {

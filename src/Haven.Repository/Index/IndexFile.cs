@@ -24,6 +24,45 @@ public sealed class IndexFile
 
     public int BlobCount => Packs.Sum(p => p.Blobs.Count);
 
+    /// <summary>Blobs per index file a replacement index is split into: about 2.5 MB per file.</summary>
+    public const int DefaultMaxBlobsPerFile = 50_000;
+
+    /// <summary>
+    /// The files of an index that replaces <paramref name="superseded"/> (format §8): <paramref name="packs"/> split
+    /// into files of at most <paramref name="maxBlobsPerFile"/> blobs, where only the <em>last</em> file lists the
+    /// superseded ones. Written in order, readers switch over in one step when the last file appears; before that
+    /// the new files merely duplicate live entries. With no pack left, one empty file still carries the list.
+    /// </summary>
+    public static List<IndexFile> Replacement(IEnumerable<IndexedPack> packs, IReadOnlyCollection<ObjectId> superseded, int maxBlobsPerFile = DefaultMaxBlobsPerFile)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxBlobsPerFile, 1);
+        var files = new List<IndexFile>();
+        int blobs = 0;
+        foreach (var pack in packs)
+        {
+            if (files.Count == 0 || (blobs > 0 && blobs + pack.Blobs.Count > maxBlobsPerFile))
+            {
+                files.Add(new IndexFile());
+                blobs = 0;
+            }
+
+            files[^1].Packs.Add(pack);
+            blobs += pack.Blobs.Count;
+        }
+
+        if (superseded.Count > 0)
+        {
+            if (files.Count == 0)
+            {
+                files.Add(new IndexFile());
+            }
+
+            files[^1].Supersedes.AddRange(superseded.Order());
+        }
+
+        return files;
+    }
+
     public byte[] Encode()
     {
         var w = new WireWriter(64 + (BlobCount * 48));

@@ -12,11 +12,8 @@ public sealed record IndexRepairOptions
     /// <summary>Pack headers read at once. A header read is one small ranged request, so latency, not bandwidth, bounds it.</summary>
     public int ReadConcurrency { get; init; } = 8;
 
-    /// <summary>
-    /// Packs per new index file. 2,000 packs of 16 MiB (about 30 GiB, a few hundred thousand blobs) make an index file of a
-    /// few MiB: small enough to load quickly, few enough files for a large repository.
-    /// </summary>
-    public int PacksPerIndexFile { get; init; } = 2000;
+    /// <summary>Blobs per new index file (see <see cref="IndexFile.Replacement"/>).</summary>
+    public int MaxBlobsPerIndexFile { get; init; } = IndexFile.DefaultMaxBlobsPerFile;
 }
 
 /// <summary>One pack or index file that <see cref="IndexRepairer"/> found damaged, and what it did about it.</summary>
@@ -159,23 +156,13 @@ public sealed class IndexRepairer(Repository repo, IndexRepairOptions? options =
         int dropped = knownPacks.Count(p => !stored.Contains(p));
 
         OnPhase?.Invoke("writing the new index");
-        int written = 0;
-        var groups = newPacks.Chunk(Math.Max(1, _options.PacksPerIndexFile)).ToList();
-        for (int i = 0; i < groups.Count; i++)
+        var files = IndexFile.Replacement(newPacks, oldFiles, _options.MaxBlobsPerIndexFile);
+        foreach (var file in files)
         {
-            var file = new IndexFile();
-            file.Packs.AddRange(groups[i]);
-            if (i == groups.Count - 1)
-            {
-                file.Supersedes.AddRange(oldFiles.Order());
-            }
-
             await repo.SaveSealedAsync(FileKind.Index, file.Encode(), ct).ConfigureAwait(false);
-            written++;
         }
 
-        // With no pack left to index there is no new file to carry the supersedes list: deleting the old files is
-        // then the whole repair, and a crash in the middle leaves files naming packs that do not exist (harmless).
+        int written = files.Count;
         OnPhase?.Invoke("removing the old index files");
         foreach (var id in oldFiles)
         {

@@ -96,7 +96,7 @@ public sealed record PruneOptions
     /// Blobs per new index file. 50 000 entries are about 4 MB of plaintext: small enough that a reader never holds
     /// a huge file in memory, large enough that a multi-TiB repository has a few hundred index files, not millions.
     /// </summary>
-    public int MaxBlobsPerIndex { get; init; } = 50_000;
+    public int MaxBlobsPerIndex { get; init; } = IndexFile.DefaultMaxBlobsPerFile;
 
     /// <summary>Tree loads and deletes in flight. Latency-bound requests: eight keep S3 busy without throttling.</summary>
     public int Concurrency { get; init; } = 8;
@@ -782,22 +782,7 @@ public sealed class Pruner
     /// </summary>
     private async Task<int> WriteIndexAsync(List<IndexedPack> packs, List<ObjectId> superseded, CancellationToken ct)
     {
-        var files = new List<IndexFile> { new() };
-        int blobs = 0;
-        foreach (var pack in packs)
-        {
-            if (blobs > 0 && blobs + pack.Blobs.Count > _options.MaxBlobsPerIndex)
-            {
-                files.Add(new IndexFile());
-                blobs = 0;
-            }
-
-            files[^1].Packs.Add(pack);
-            blobs += pack.Blobs.Count;
-        }
-
-        // Only the last file switches readers over: until it exists, the others merely duplicate live entries.
-        files[^1].Supersedes.AddRange(superseded);
+        var files = IndexFile.Replacement(packs, superseded, _options.MaxBlobsPerIndex);
         for (int i = 0; i < files.Count; i++)
         {
             Report(PrunePhase.WritingIndex, i, files.Count);
