@@ -121,5 +121,17 @@ public sealed class HavenCli : IDisposable
         return r;
     }
 
+    /// <summary>Restores the latest snapshot (of <paramref name="host"/>, if given) and asserts it equals <paramref name="source"/>.</summary>
+    public void ExpectLatestRestoresAs(string source, string? host = null)
+    {
+        var target = Path.Combine(Root, "out-" + (host ?? "latest"));
+        Expect(0, host is null ? ["restore", "latest", "--target", target] : ["restore", "latest", "--host", host, "--target", target]);
+        var differences = TestTree.Compare(source, target + source, new CompareOptions(Ownership: false));
+        if (differences.Count > 0)
+        {
+            throw new Xunit.Sdk.XunitException("restore differs: " + string.Join("\n", differences.Take(20)));
+        }
+    }
+
     public void Dispose() => TestTree.DeleteTree(Root);
 }

@@ -53,9 +53,7 @@ public class RobustnessTests
         Assert.True(sent <= total - arrived + (20 << 20), $"sent {sent} bytes again although {arrived} of {total} had arrived");
 
         cli.Expect(0, "check", "--read-data");
-        var target = Path.Combine(cli.Root, "out");
-        cli.Expect(0, "restore", "latest", "--target", target);
-        Assert.Empty(TestTree.Compare(cli.Source, target + cli.Source, new CompareOptions(Ownership: false)));
+        cli.ExpectLatestRestoresAs(cli.Source);
     }
 
     [Fact]
@@ -75,12 +73,8 @@ public class RobustnessTests
         Assert.All(runs, r => Assert.True(r.ExitCode == 0, r.ToString()));
         Assert.Equal(2, cli.Expect(0, "snapshots", "--json").Json.AsArray().Count);
         cli.Expect(0, "check", "--read-data");
-        foreach (var (host, dir) in new[] { ("one", a), ("two", b) })
-        {
-            var target = Path.Combine(cli.Root, "out-" + host);
-            cli.Expect(0, "restore", "latest", "--host", host, "--target", target);
-            Assert.Empty(TestTree.Compare(dir, target + dir, new CompareOptions(Ownership: false)));
-        }
+        cli.ExpectLatestRestoresAs(a, "one");
+        cli.ExpectLatestRestoresAs(b, "two");
     }
 
     [Fact]
@@ -113,12 +107,8 @@ public class RobustnessTests
         cli.Expect(0, "forget", "--keep-last", "1", "--prune");
         cli.Expect(0, "check", "--read-data");
         Assert.Equal(2, cli.Expect(0, "snapshots", "--json").Json.AsArray().Count);
-        foreach (var (host, dir) in new[] { ("one", a), ("two", b) })
-        {
-            var target = Path.Combine(cli.Root, "out-" + host);
-            cli.Expect(0, "restore", "latest", "--host", host, "--target", target);
-            Assert.Empty(TestTree.Compare(dir, target + dir, new CompareOptions(Ownership: false)));
-        }
+        cli.ExpectLatestRestoresAs(a, "one");
+        cli.ExpectLatestRestoresAs(b, "two");
     }
 
     [Fact]
@@ -157,9 +147,7 @@ public class RobustnessTests
         Assert.Equal(0, (long)again["summary"]!["data_blobs"]!);
         cli.Expect(0, "prune", "--max-unused", "0%");
         cli.Expect(0, "check", "--read-data");
-        var target = Path.Combine(cli.Root, "out");
-        cli.Expect(0, "restore", "latest", "--target", target);
-        Assert.Empty(TestTree.Compare(cli.Source, target + cli.Source, new CompareOptions(Ownership: false)));
+        cli.ExpectLatestRestoresAs(cli.Source);
     }
 
     [Fact]
