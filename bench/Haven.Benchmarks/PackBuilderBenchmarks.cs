@@ -27,15 +27,15 @@ public class PackBuilderBenchmarks
         var codec = new BlobCodec(_aead, 3);
         var mixed = BenchData.Mixed;
         _encoded = new (ObjectId, BlobFlags, byte[])[Blobs];
+        var scratch = new EncodeScratch();
         for (int i = 0; i < Blobs; i++)
         {
             // 8 random chunks from the buffer, then the same 8 with one byte changed so the ids differ
             var plaintext = mixed.AsSpan((i % 8) * BenchData.ChunkSize, BenchData.ChunkSize).ToArray();
             plaintext[0] ^= (byte)(i / 8);
             var id = BenchData.Key.BlobId(plaintext);
-            var (buffer, length, flags) = codec.Encode(BlobType.Data, id, plaintext);
+            var (buffer, length, flags) = codec.Encode(BlobType.Data, id, plaintext, scratch);
             _encoded[i] = (id, flags, buffer.AsSpan(0, length).ToArray());
-            ArrayPool<byte>.Shared.Return(buffer);
         }
     }
 

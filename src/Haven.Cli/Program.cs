@@ -46,6 +46,7 @@ root.Subcommands.Add(FindCommand.Build());
 root.Subcommands.Add(DiffCommand.Build());
 root.Subcommands.Add(DumpCommand.Build());
 
+using var allocations = Environment.GetEnvironmentVariable("HAVEN_DEBUG_MEMORY") == "alloc" ? new AllocationListener() : null;
 var parse = root.Parse(args);
 if (parse.Errors.Count > 0 && parse.Action is not System.CommandLine.Help.HelpAction)
 {
@@ -59,7 +60,8 @@ if (parse.Errors.Count > 0 && parse.Action is not System.CommandLine.Help.HelpAc
 }
 
 int exitCode = await parse.InvokeAsync();
-if (Environment.GetEnvironmentVariable("HAVEN_DEBUG_MEMORY") == "1")
+allocations?.Print(Console.Error);
+if (Environment.GetEnvironmentVariable("HAVEN_DEBUG_MEMORY") is "1" or "alloc")
 {
     // For memory work: the managed heap at its last GC against the process peak (the rest is native or runtime).
     var info = GC.GetGCMemoryInfo();
@@ -67,7 +69,8 @@ if (Environment.GetEnvironmentVariable("HAVEN_DEBUG_MEMORY") == "1")
     Console.Error.WriteLine(
         $"memory: peak working set {self.PeakWorkingSet64 >> 20} MiB; managed heap {info.HeapSizeBytes >> 20} MiB "
         + $"(committed {info.TotalCommittedBytes >> 20} MiB, fragmented {info.FragmentedBytes >> 20} MiB, promoted {info.PromotedBytes >> 20} MiB); "
-        + $"total allocated {GC.GetTotalAllocatedBytes() >> 20} MiB; collections gen0 {GC.CollectionCount(0)}, gen1 {GC.CollectionCount(1)}, gen2 {GC.CollectionCount(2)}");
+        + $"total allocated {GC.GetTotalAllocatedBytes() >> 20} MiB; collections gen0 {GC.CollectionCount(0)}, gen1 {GC.CollectionCount(1)}, gen2 {GC.CollectionCount(2)}; "
+        + "after last GC: " + string.Join(", ", info.GenerationInfo.ToArray().Select((g, i) => $"{(i < 3 ? $"gen{i}" : i == 3 ? "LOH" : "POH")} {g.SizeAfterBytes >> 20} MiB")));
 }
 
 return exitCode;

@@ -310,7 +310,7 @@ public sealed class Repository : IAsyncDisposable
     }
 
     /// <summary>
-    /// Reads a data blob into a buffer rented from <see cref="System.Buffers.ArrayPool{T}.Shared"/>; the caller owns
+    /// Reads a data blob into a buffer rented from <see cref="BufferPool.Large"/>; the caller owns
     /// it and returns it. For restore, which reads each blob once and writes it out at once.
     /// </summary>
     public async Task<(byte[] Buffer, int Length)> ReadBlobPooledAsync(ObjectId id, CancellationToken ct)
@@ -320,7 +320,7 @@ public sealed class Repository : IAsyncDisposable
             throw new HavenException(ErrorCode.Corrupt, $"blob {id.Short} is referenced but no index knows it", "run 'haven repair index', then 'haven check'");
         }
 
-        var pool = System.Buffers.ArrayPool<byte>.Shared;
+        var pool = BufferPool.Large;
         var stored = pool.Rent(location.Blob.Length);
         try
         {

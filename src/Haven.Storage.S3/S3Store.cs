@@ -96,10 +96,37 @@ public sealed class S3Store : IStore
 
     public async Task PutAsync(StoreHandle handle, ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
     {
-        string key = KeyOf(handle);
         var body = MemoryMarshal.TryGetArray(data, out var segment)
             ? new MemoryStream(segment.Array!, segment.Offset, segment.Count, writable: false)
             : new MemoryStream(data.ToArray(), writable: false);
+        await using (body.ConfigureAwait(false))
+        {
+            await PutStreamAsync(handle, body, cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Streams the file as the request body, so a pack never sits in memory whole. The file stays where it is.</summary>
+    public async Task PutFileAsync(StoreHandle handle, string path, CancellationToken cancellationToken)
+    {
+        FileStream body;
+        try
+        {
+            body = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1024 * 1024, FileOptions.Asynchronous | FileOptions.SequentialScan);
+        }
+        catch (IOException e)
+        {
+            throw new StoreException(StoreErrorKind.Permanent, $"cannot read the local file {path} to store it as {handle}: {e.Message}", e);
+        }
+
+        await using (body.ConfigureAwait(false))
+        {
+            await PutStreamAsync(handle, body, cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    private async Task PutStreamAsync(StoreHandle handle, Stream body, CancellationToken cancellationToken)
+    {
+        string key = KeyOf(handle);
         try
         {
             var request = new PutObjectRequest
@@ -117,10 +144,6 @@ public sealed class S3Store : IStore
         catch (Exception e) when (Translate(e, "write", handle, cancellationToken) is { } translated)
         {
             throw translated;
-        }
-        finally
-        {
-            await body.DisposeAsync().ConfigureAwait(false);
         }
     }
 

@@ -41,6 +41,20 @@ public interface IStore : IAsyncDisposable
     /// <summary>Stores <paramref name="data"/> under <paramref name="handle"/>, replacing nothing half-written.</summary>
     Task PutAsync(StoreHandle handle, ReadOnlyMemory<byte> data, CancellationToken cancellationToken);
 
+    /// <summary>
+    /// Stores the bytes of the local file <paramref name="path"/> under <paramref name="handle"/>, with the same
+    /// atomicity as <see cref="PutAsync"/>. Writers use it for packs they built in a temporary file, so a pack never
+    /// has to sit in memory whole. The file must not change during the call. A store may move the file into place
+    /// instead of copying it (the local store does when the file is on the same file system), so afterwards the file
+    /// may be gone; the caller deletes it if it is still there. The default reads the file and calls
+    /// <see cref="PutAsync"/>, which suits stores that hold everything in memory anyway.
+    /// </summary>
+    async Task PutFileAsync(StoreHandle handle, string path, CancellationToken cancellationToken)
+    {
+        var bytes = await File.ReadAllBytesAsync(path, cancellationToken).ConfigureAwait(false);
+        await PutAsync(handle, bytes, cancellationToken).ConfigureAwait(false);
+    }
+
     /// <summary>Reads a whole file.</summary>
     Task<byte[]> GetAsync(StoreHandle handle, CancellationToken cancellationToken);
 

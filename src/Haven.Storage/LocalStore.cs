@@ -69,6 +69,75 @@ public sealed partial class LocalStore : IStore
         }
     }
 
+    /// <summary>
+    /// Moves the file into place when it lies on the same file system (fsync, rename(2), fsync of the folder: no copy),
+    /// and copies it through a temporary file otherwise. A repeated call after the file was moved finds it gone and
+    /// the destination present, and succeeds: names are write-once, so the destination holds these bytes.
+    /// </summary>
+    public async Task PutFileAsync(StoreHandle handle, string path, CancellationToken cancellationToken)
+    {
+        string destination = PathOf(handle);
+        string folder = Path.GetDirectoryName(destination)!;
+        cancellationToken.ThrowIfCancellationRequested();
+        try
+        {
+            CreateFolder(folder);
+            if (!File.Exists(path))
+            {
+                if (File.Exists(destination))
+                {
+                    return;
+                }
+
+                throw new StoreException(StoreErrorKind.Permanent, $"the local file {path} that was to be stored as {handle} does not exist");
+            }
+
+            using (var file = File.OpenHandle(path, FileMode.Open, FileAccess.ReadWrite, FileShare.Read))
+            {
+                RandomAccess.FlushToDisk(file);
+            }
+
+            if (Rename(path, destination) == 0)
+            {
+                FlushFolder(folder);
+                return;
+            }
+
+            int errno = Marshal.GetLastPInvokeError();
+            if (errno != Exdev)
+            {
+                throw new IOException($"cannot move {path} to {destination}: {Marshal.GetPInvokeErrorMessage(errno)}", errno);
+            }
+
+            string temp = Path.Combine(folder, $".{handle.Name}.{Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6))}.tmp");
+            try
+            {
+                await using (var source = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1, FileOptions.SequentialScan))
+                await using (var target = new FileStream(temp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1))
+                {
+                    await source.CopyToAsync(target, 1024 * 1024, cancellationToken).ConfigureAwait(false);
+                    target.Flush(flushToDisk: true);
+                }
+
+                cancellationToken.ThrowIfCancellationRequested();
+                File.Move(temp, destination, overwrite: true);
+            }
+            catch
+            {
+                TryDelete(temp);
+                throw;
+            }
+
+            FlushFolder(folder);
+        }
+        catch (Exception e) when (Translate(e, "write", handle) is { } translated)
+        {
+            throw translated;
+        }
+    }
+
+    private const int Exdev = 18;
+
     public async Task<byte[]> GetAsync(StoreHandle handle, CancellationToken cancellationToken)
     {
         string path = PathOf(handle);
@@ -441,6 +510,9 @@ public sealed partial class LocalStore : IStore
     [LibraryImport("libc", EntryPoint = "open", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     private static partial int Open(string path, int flags);
 
+    [LibraryImport("libc", EntryPoint = "rename", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    private static partial int Rename(string from, string to);
+
     [LibraryImport("libc", EntryPoint = "fsync", SetLastError = true)]
     private static partial int Fsync(int fd);
 
@@ -465,44 +537,9 @@ public sealed partial class LocalStore : IStore
             case UnauthorizedAccessException:
                 return new StoreException(StoreErrorKind.AccessDenied, $"cannot {what}: {e.Message}", e);
             case IOException io:
-                return new StoreException(Classify(io), $"cannot {what}: {io.Message}", io);
+                return new StoreException(StoreErrors.Classify(io), $"cannot {what}: {io.Message}", io);
             default:
                 return null;
         }
-    }
-
-    /// <summary>
-    /// Sorts an I/O error by its errno (which .NET puts in <see cref="Exception.HResult"/> on Unix) or Win32 code.
-    /// Errors that a network file system or a busy disk may clear up are transient; the rest are permanent.
-    /// </summary>
-    internal static StoreErrorKind Classify(IOException e)
-    {
-        int code = e.HResult;
-        if (OperatingSystem.IsWindows())
-        {
-            return (code & 0xFFFF) switch
-            {
-                0x27 or 0x70 => StoreErrorKind.NoSpace,       // ERROR_HANDLE_DISK_FULL, ERROR_DISK_FULL
-                0x05 or 0x13 => StoreErrorKind.AccessDenied,  // ERROR_ACCESS_DENIED, ERROR_WRITE_PROTECT
-                0x20 or 0x21 or 0x35 or 0x40 or 0x79 => StoreErrorKind.Transient, // sharing/lock violation, network gone, timeout
-                _ => StoreErrorKind.Permanent,
-            };
-        }
-
-        switch (code)
-        {
-            case 28 or 122: // ENOSPC, EDQUOT (Linux)
-                return StoreErrorKind.NoSpace;
-            case 1 or 13 or 30: // EPERM, EACCES, EROFS
-                return StoreErrorKind.AccessDenied;
-            case 4 or 5 or 11 or 16 or 110 or 112 or 116: // EINTR, EIO, EAGAIN, EBUSY, ETIMEDOUT, EHOSTDOWN, ESTALE
-                return StoreErrorKind.Transient;
-        }
-
-        // .NET reports a failed preallocation with its own message and no errno.
-        return e.Message.Contains("No space left", StringComparison.OrdinalIgnoreCase)
-            || e.Message.Contains("disk was full", StringComparison.OrdinalIgnoreCase)
-            ? StoreErrorKind.NoSpace
-            : StoreErrorKind.Permanent;
     }
 }

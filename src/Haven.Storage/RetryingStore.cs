@@ -75,6 +75,9 @@ public sealed class RetryingStore : IStore
     public Task PutAsync(StoreHandle handle, ReadOnlyMemory<byte> data, CancellationToken cancellationToken) =>
         RunAsync("put", handle, ct => _inner.PutAsync(handle, data, ct), cancellationToken);
 
+    public Task PutFileAsync(StoreHandle handle, string path, CancellationToken cancellationToken) =>
+        RunAsync("put", handle, ct => _inner.PutFileAsync(handle, path, ct), cancellationToken);
+
     public Task<byte[]> GetAsync(StoreHandle handle, CancellationToken cancellationToken) =>
         RunAsync("get", handle, ct => _inner.GetAsync(handle, ct), cancellationToken);
 

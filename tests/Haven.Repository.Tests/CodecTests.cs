@@ -148,7 +148,7 @@ public class CodecTests
     {
         var codec = new BlobCodec(new Aead(new byte[32]), 3);
         var text = System.Text.Encoding.ASCII.GetBytes(string.Concat(Enumerable.Repeat("compressible text ", 2000)));
-        var (buffer, length, flags) = codec.Encode(BlobType.Data, Id(1), text);
+        var (buffer, length, flags) = codec.Encode(BlobType.Data, Id(1), text, new EncodeScratch());
         Assert.Equal(BlobFlags.Zstd, flags);
         Assert.True(length < text.Length / 4);
         var blob = new PackedBlob(Id(1), BlobType.Data, flags, 0, length, text.Length);
@@ -160,7 +160,7 @@ public class CodecTests
 
         var noise = new byte[300_000];
         new Random(5).NextBytes(noise);
-        var (_, noiseLength, noiseFlags) = codec.Encode(BlobType.Data, Id(3), noise);
+        var (_, noiseLength, noiseFlags) = codec.Encode(BlobType.Data, Id(3), noise, new EncodeScratch());
         Assert.Equal(BlobFlags.None, noiseFlags);
         Assert.Equal(noise.Length + Aead.Overhead, noiseLength);
     }

@@ -160,9 +160,8 @@ internal sealed class PruneFixture
     {
         var id = Repo.Key.BlobId(content);
         var builder = new PackBuilder(Repo.Aead, 1 << 20);
-        var (buffer, length, flags) = Repo.Codec.Encode(BlobType.Data, id, content);
+        var (buffer, length, flags) = Repo.Codec.Encode(BlobType.Data, id, content, new EncodeScratch());
         builder.Add(id, BlobType.Data, flags, buffer.AsSpan(0, length), content.Length);
-        ArrayPool<byte>.Shared.Return(buffer);
         var (bytes, name) = builder.Finish();
         await Store.PutAsync(new StoreHandle(FileKind.Pack, name.ToString()), bytes, Ct);
         return name;

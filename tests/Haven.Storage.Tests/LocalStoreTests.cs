@@ -26,6 +26,48 @@ public sealed class LocalStoreTests : StoreConformanceTests
     }
 
     [Fact]
+    public async Task PutFile_OnTheSameFileSystem_MovesTheFileIntoPlace()
+    {
+        var handle = NewHandle(FileKind.Pack);
+        var data = RandomBytes(100_000);
+        string spool = Path.Combine(_temp.FullName, "spool.tmp");
+        await File.WriteAllBytesAsync(spool, data);
+
+        await Store.PutFileAsync(handle, spool, None);
+
+        Assert.False(File.Exists(spool));
+        Assert.Equal(data, await File.ReadAllBytesAsync(Path.Combine(Root, StoreLayout.PathOf(handle))));
+    }
+
+    [Fact]
+    public async Task PutFile_FromAnotherFileSystem_CopiesAndLeavesTheSource()
+    {
+        // /dev/shm is a tmpfs on Linux: another file system than the temp folder, so rename(2) fails with EXDEV.
+        if (!Directory.Exists("/dev/shm") || Haven.Core.Posix.Posix.LStat("/dev/shm"u8.ToArray()).Device == Haven.Core.Posix.Posix.LStat(System.Text.Encoding.UTF8.GetBytes(_temp.FullName)).Device)
+        {
+            _output.WriteLine("no second file system here; the copy path is not exercised");
+            return;
+        }
+
+        var handle = NewHandle(FileKind.Pack);
+        var data = RandomBytes(3 << 20);
+        string spool = Path.Combine("/dev/shm", $"haven-test-{Guid.NewGuid():N}");
+        await File.WriteAllBytesAsync(spool, data);
+        try
+        {
+            await Store.PutFileAsync(handle, spool, None);
+
+            Assert.True(File.Exists(spool));
+            Assert.Equal(data, await Store.GetAsync(handle, None));
+            Assert.Empty(Directory.EnumerateFiles(Path.GetDirectoryName(Path.Combine(Root, StoreLayout.PathOf(handle)))!, ".*"));
+        }
+        finally
+        {
+            File.Delete(spool);
+        }
+    }
+
+    [Fact]
     public async Task Files_AreLaidOutAsTheFormatSays()
     {
         var pack = NewHandle(FileKind.Pack);
@@ -153,12 +195,12 @@ public sealed class LocalStoreTests : StoreConformanceTests
     public void IoErrors_AreClassifiedByErrno()
     {
         if (OperatingSystem.IsWindows()) return;
-        Assert.Equal(StoreErrorKind.NoSpace, LocalStore.Classify(new IOException("x", 28)));
-        Assert.Equal(StoreErrorKind.NoSpace, LocalStore.Classify(new IOException("x", 122)));
-        Assert.Equal(StoreErrorKind.AccessDenied, LocalStore.Classify(new IOException("x", 30)));
-        Assert.Equal(StoreErrorKind.Transient, LocalStore.Classify(new IOException("x", 5)));
-        Assert.Equal(StoreErrorKind.Permanent, LocalStore.Classify(new IOException("x", 36)));
-        Assert.Equal(StoreErrorKind.NoSpace, LocalStore.Classify(new IOException("Failed to create '/x' with allocation size '9' because the disk was full.")));
+        Assert.Equal(StoreErrorKind.NoSpace, StoreErrors.Classify(new IOException("x", 28)));
+        Assert.Equal(StoreErrorKind.NoSpace, StoreErrors.Classify(new IOException("x", 122)));
+        Assert.Equal(StoreErrorKind.AccessDenied, StoreErrors.Classify(new IOException("x", 30)));
+        Assert.Equal(StoreErrorKind.Transient, StoreErrors.Classify(new IOException("x", 5)));
+        Assert.Equal(StoreErrorKind.Permanent, StoreErrors.Classify(new IOException("x", 36)));
+        Assert.Equal(StoreErrorKind.NoSpace, StoreErrors.Classify(new IOException("Failed to create '/x' with allocation size '9' because the disk was full.")));
     }
 
     /// <summary>A tmpfs mounted for one test; needs root (or CAP_SYS_ADMIN). Unmounted on dispose.</summary>

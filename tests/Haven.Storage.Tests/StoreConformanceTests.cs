@@ -61,6 +61,46 @@ public abstract class StoreConformanceTests : IAsyncLifetime
         Assert.Equal(new StoreFileInfo(handle, size), await Store.StatAsync(handle, None));
     }
 
+    [Theory]
+    [InlineData(0)]
+    [InlineData(4097)]
+    [InlineData(17 << 20)]
+    public async Task PutFile_StoresTheFilesBytes_AndRepeatingItSucceeds(int size)
+    {
+        if (!Available) return;
+        var handle = NewHandle(FileKind.Pack);
+        byte[] data = RandomBytes(size);
+        string folder = Directory.CreateTempSubdirectory("haven-putfile-").FullName;
+        try
+        {
+            string path = Path.Combine(folder, "pack.tmp");
+            await File.WriteAllBytesAsync(path, data);
+
+            await Store.PutFileAsync(handle, path, None);
+            // A retry after a success (the store may have moved the file away) must succeed and change nothing.
+            await Store.PutFileAsync(handle, path, None);
+
+            Assert.Equal(data, await Store.GetAsync(handle, None));
+            Assert.Equal(new StoreFileInfo(handle, size), await Store.StatAsync(handle, None));
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+    }
+
+    [Fact]
+    public async Task PutFile_OfAMissingFile_FailsAndStoresNothing()
+    {
+        if (!Available) return;
+        var handle = NewHandle(FileKind.Pack);
+        string missing = Path.Combine(Path.GetTempPath(), $"haven-missing-{Guid.NewGuid():N}");
+
+        await Assert.ThrowsAnyAsync<Exception>(() => Store.PutFileAsync(handle, missing, None));
+
+        Assert.Null(await Store.StatAsync(handle, None));
+    }
+
     [Fact]
     public async Task Put_TakesTheBytesOfASliceOnly()
     {

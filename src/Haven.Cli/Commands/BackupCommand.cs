@@ -4,6 +4,7 @@ using Haven.Cli.Infrastructure;
 using Haven.Core;
 using Haven.Files.Backup;
 using Haven.Files.Filters;
+using Haven.Repository;
 
 namespace Haven.Cli.Commands;
 
@@ -66,6 +67,7 @@ public static class BackupCommand
             var options = new BackupOptions
             {
                 CacheRoot = ctx.CacheDir,
+                Writer = new BlobWriterOptions { SpoolDirectory = ctx.SpoolDirectory },
                 Paths = p.GetValue(paths)!,
                 Excludes = excludes,
                 ExcludeIfPresent = p.GetValue(excludeIfPresent) ?? [],

@@ -142,6 +142,14 @@ public sealed class CliContext
     /// <summary>The cache root actually used (journal and cached files).</summary>
     public string CacheRoot => CacheDir ?? UploadJournal.DefaultCacheRoot();
 
+    /// <summary>
+    /// Where a writer spools packs: the repository's own tmp/ folder when it is a local folder (a finished pack is then
+    /// renamed into place, not copied), else spool/ in the cache root.
+    /// </summary>
+    public string SpoolDirectory => S3StoreOptions.IsS3Url(RepositoryLocation)
+        ? Path.Combine(CacheRoot, "spool")
+        : Path.Combine(LocalPath(RepositoryLocation), "tmp");
+
     public TimeSpan RetryLock => _parse.GetValue(GlobalOptions.RetryLock) is { } s ? Units.ParseDuration(s, "--retry-lock") : TimeSpan.Zero;
 
     /// <summary>The repository's store, with retries around it.</summary>

@@ -1,4 +1,3 @@
-using System.Buffers;
 using System.Collections.Concurrent;
 using System.Threading.Channels;
 using Haven.Core;
@@ -48,7 +47,12 @@ public sealed class Archiver
     private long _dirsNew, _dirsChanged, _dirsUnmodified, _dataBlobs, _treeBlobs, _dryBytes;
     private volatile bool _scanFinished;
 
-    private readonly record struct ChunkJob(ObjectId Id, byte[] Buffer, int Length);
+    /// <summary>
+    /// A new chunk for the encoders: a slice of its reader's buffer, not a copy. The reader leaves the slice alone
+    /// until <see cref="Done"/> completes (it awaits all of them before it moves or refills the buffer), so chunks
+    /// cost no memory beyond the readers' buffers.
+    /// </summary>
+    private readonly record struct ChunkJob(ObjectId Id, ReadOnlyMemory<byte> Data, TaskCompletionSource Done);
 
     public Archiver(Haven.Repository.Repository repo, BackupOptions options, TimeProvider? time = null)
     {
@@ -84,7 +88,7 @@ public sealed class Archiver
         var (parentId, parent) = await FindParentAsync(displayPaths, ct).ConfigureAwait(false);
         List<Node>? parentRoot = parent is null ? null : await TryLoadTreeAsync(parent.TreeId, ct).ConfigureAwait(false);
 
-        _writer = new BlobWriter(_repo);
+        _writer = new BlobWriter(_repo, _options.Writer);
         int recovered = 0;
         UploadJournal? journal = null;
         if (!_options.DryRun)
@@ -609,6 +613,7 @@ public sealed class Archiver
         }
 
         var buffer = RentReadBuffer();
+        var pending = new List<Task>();
         try
         {
             using (file)
@@ -642,7 +647,7 @@ public sealed class Archiver
                             break;
                         }
 
-                        await ProcessChunkAsync(buffer, start, cut, content, ct).ConfigureAwait(false);
+                        await ProcessChunkAsync(buffer, start, cut, content, pending, ct).ConfigureAwait(false);
                         Interlocked.Add(ref _bytesDone, cut);
                         start += cut;
                     }
@@ -652,6 +657,7 @@ public sealed class Archiver
                         break;
                     }
 
+                    await DrainAsync(pending, ct).ConfigureAwait(false);
                     Buffer.BlockCopy(buffer, start, buffer, 0, filled - start);
                     offset += start;
                     filled -= start;
@@ -674,11 +680,37 @@ public sealed class Archiver
         }
         finally
         {
-            _readBuffers.Add(buffer);
+            // The buffer goes back only when no encoder still reads from it; after a failure it is dropped instead.
+            if (await TryDrainAsync(pending).ConfigureAwait(false))
+            {
+                _readBuffers.Add(buffer);
+            }
         }
     }
 
-    private async ValueTask ProcessChunkAsync(byte[] buffer, int start, int length, List<ObjectId> content, CancellationToken ct)
+    private static async Task DrainAsync(List<Task> pending, CancellationToken ct)
+    {
+        if (pending.Count > 0)
+        {
+            await Task.WhenAll(pending).WaitAsync(ct).ConfigureAwait(false);
+            pending.Clear();
+        }
+    }
+
+    private static async Task<bool> TryDrainAsync(List<Task> pending)
+    {
+        try
+        {
+            await Task.WhenAll(pending).ConfigureAwait(false);
+            return true;
+        }
+        catch (Exception)
+        {
+            return false; // reported by the encoder that failed
+        }
+    }
+
+    private async ValueTask ProcessChunkAsync(byte[] buffer, int start, int length, List<ObjectId> content, List<Task> pending, CancellationToken ct)
     {
         var id = _repo.Key.BlobId(buffer.AsSpan(start, length));
         content.Add(id);
@@ -698,9 +730,17 @@ public sealed class Archiver
             return;
         }
 
-        var copy = ArrayPool<byte>.Shared.Rent(length);
-        Buffer.BlockCopy(buffer, start, copy, 0, length);
-        await _chunks!.Writer.WriteAsync(new ChunkJob(id, copy, length), ct).ConfigureAwait(false);
+        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        pending.Add(done.Task);
+        try
+        {
+            await _chunks!.Writer.WriteAsync(new ChunkJob(id, buffer.AsMemory(start, length), done), ct).ConfigureAwait(false);
+        }
+        catch (Exception e)
+        {
+            done.TrySetException(e);
+            throw;
+        }
     }
 
     private readonly ConcurrentDictionary<ObjectId, byte> _dryIds = new();
@@ -715,22 +755,31 @@ public sealed class Archiver
             {
                 try
                 {
-                    if (await _writer!.SaveAsync(BlobType.Data, job.Id, job.Buffer.AsMemory(0, job.Length), ct).ConfigureAwait(false))
+                    if (await _writer!.SaveAsync(BlobType.Data, job.Id, job.Data, ct).ConfigureAwait(false))
                     {
                         Interlocked.Increment(ref _dataBlobs);
                     }
+
+                    job.Done.TrySetResult();
                 }
-                finally
+                catch (Exception e)
                 {
-                    ArrayPool<byte>.Shared.Return(job.Buffer);
+                    job.Done.TrySetException(e);
+                    throw;
                 }
             }
         }
         catch (Exception e)
         {
-            // Stop the readers at once (they would wait forever on a channel nobody drains) and keep the cause.
+            // Stop the readers at once (they would wait forever on a channel nobody drains, or on chunks nobody
+            // encodes) and keep the cause.
             _encoderFailure ??= e;
             _chunks!.Writer.TryComplete(e);
+            while (_chunks.Reader.TryRead(out var left))
+            {
+                left.Done.TrySetException(e);
+            }
+
             throw;
         }
     }

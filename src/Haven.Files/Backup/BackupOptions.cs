@@ -42,6 +42,9 @@ public sealed record BackupOptions
     /// <summary>Cache root for the upload journal (null: <see cref="Haven.Repository.UploadJournal.DefaultCacheRoot"/>).</summary>
     public string? CacheRoot { get; init; }
 
+    /// <summary>How packs are built and uploaded (spool folder, upload concurrency); null: in memory, the defaults.</summary>
+    public Haven.Repository.BlobWriterOptions? Writer { get; init; }
+
     /// <summary>
     /// Called after all data and index are stored and right before the snapshot is written; throwing aborts the
     /// commit. The CLI checks here that its repository lock is still valid.

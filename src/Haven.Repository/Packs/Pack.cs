@@ -32,6 +32,29 @@ public static class PackFormat
     /// <summary>More than this many entries is damage: 2^20 blobs of the minimum size would not fit a pack.</summary>
     public const int MaxEntries = 1 << 20;
 
+    /// <summary>The end of a pack after its blobs: the sealed header listing <paramref name="blobs"/>, then its length.</summary>
+    public static byte[] SealTrailer(Aead aead, IReadOnlyList<PackedBlob> blobs)
+    {
+        var header = new WireWriter(9 + (blobs.Count * EntrySize));
+        header.Raw(HeaderMagic);
+        header.Byte(HeaderVersion);
+        header.UInt32((uint)blobs.Count);
+        foreach (var b in blobs)
+        {
+            header.Byte((byte)b.Type);
+            header.Byte((byte)b.Flags);
+            header.UInt32((uint)b.Length);
+            header.UInt32((uint)b.RawLength);
+            header.Id(b.Id);
+        }
+
+        var sealedHeader = aead.Seal(header.WrittenSpan, HeaderAssociatedData);
+        var trailer = new byte[sealedHeader.Length + 4];
+        sealedHeader.CopyTo(trailer, 0);
+        BinaryPrimitives.WriteUInt32LittleEndian(trailer.AsSpan(sealedHeader.Length), (uint)sealedHeader.Length);
+        return trailer;
+    }
+
     public static void BlobAssociatedData(BlobType type, ObjectId id, Span<byte> destination)
     {
         destination[0] = (byte)type;
@@ -129,6 +152,27 @@ public static class PackFormat
     }
 }
 
+/// <summary>
+/// The buffers one blob encoding needs, kept by the caller across encodings: they grow to the largest blob seen
+/// (at most twice the maximum chunk) instead of being rented per blob, which with chunks of 0.5 to 8 MiB spread
+/// over every power-of-two size class of a pool. Not thread-safe: one encoder at a time.
+/// </summary>
+public sealed class EncodeScratch
+{
+    internal byte[] Compressed = [];
+    internal byte[] Output = [];
+
+    internal static byte[] Grow(ref byte[] buffer, int length)
+    {
+        if (buffer.Length < length)
+        {
+            buffer = GC.AllocateUninitializedArray<byte>(length);
+        }
+
+        return buffer;
+    }
+}
+
 /// <summary>Turns blob plaintext into stored bytes and back: optional zstd, then AES-256-GCM.</summary>
 public sealed class BlobCodec
 {
@@ -146,41 +190,31 @@ public sealed class BlobCodec
     private const int ProbeSize = 64 * 1024;
 
     /// <summary>
-    /// Encodes a blob into a new pooled buffer (returned with its used length; the caller returns it to
-    /// <see cref="ArrayPool{T}.Shared"/>). Compression is skipped when a probe of the first 64 KiB saves less than 3 %,
-    /// or when the result would not be smaller.
+    /// Encodes a blob into <paramref name="scratch"/>'s output buffer (valid until the scratch is used again).
+    /// Compression is skipped when a probe of the first 64 KiB saves less than 3 %, or when the result would not be
+    /// smaller.
     /// </summary>
-    public (byte[] Buffer, int Length, BlobFlags Flags) Encode(BlobType type, ObjectId id, ReadOnlySpan<byte> plaintext)
+    public (byte[] Buffer, int Length, BlobFlags Flags) Encode(BlobType type, ObjectId id, ReadOnlySpan<byte> plaintext, EncodeScratch scratch)
     {
         Span<byte> aad = stackalloc byte[1 + ObjectId.Size];
         PackFormat.BlobAssociatedData(type, id, aad);
-        byte[]? compressed = null;
-        int compressedLength = 0;
-        try
+        ReadOnlySpan<byte> body = plaintext;
+        var flags = BlobFlags.None;
+        if (CompressionLevel > 0 && plaintext.Length >= 128 && LooksCompressible(plaintext))
         {
-            if (CompressionLevel > 0 && plaintext.Length >= 128 && LooksCompressible(plaintext))
+            var compressed = EncodeScratch.Grow(ref scratch.Compressed, Zstd.CompressBound(plaintext.Length));
+            int compressedLength = Zstd.Compress(plaintext, compressed, CompressionLevel);
+            if (compressedLength < plaintext.Length)
             {
-                compressed = ArrayPool<byte>.Shared.Rent(Zstd.CompressBound(plaintext.Length));
-                compressedLength = Zstd.Compress(plaintext, compressed, CompressionLevel);
-                if (compressedLength >= plaintext.Length)
-                {
-                    ArrayPool<byte>.Shared.Return(compressed);
-                    compressed = null;
-                }
+                body = compressed.AsSpan(0, compressedLength);
+                flags = BlobFlags.Zstd;
             }
+        }
 
-            var body = compressed is null ? plaintext : compressed.AsSpan(0, compressedLength);
-            var output = ArrayPool<byte>.Shared.Rent(body.Length + Aead.Overhead);
-            _aead.Seal(body, aad, output.AsSpan(0, body.Length + Aead.Overhead));
-            return (output, body.Length + Aead.Overhead, compressed is null ? BlobFlags.None : BlobFlags.Zstd);
-        }
-        finally
-        {
-            if (compressed is not null)
-            {
-                ArrayPool<byte>.Shared.Return(compressed);
-            }
-        }
+        int length = body.Length + Aead.Overhead;
+        var output = EncodeScratch.Grow(ref scratch.Output, length);
+        _aead.Seal(body, aad, output.AsSpan(0, length));
+        return (output, length, flags);
     }
 
     private static bool LooksCompressible(ReadOnlySpan<byte> data)
@@ -191,7 +225,7 @@ public sealed class BlobCodec
         }
 
         var probe = data[..ProbeSize];
-        var scratch = ArrayPool<byte>.Shared.Rent(Zstd.CompressBound(ProbeSize));
+        var scratch = BufferPool.Large.Rent(Zstd.CompressBound(ProbeSize));
         try
         {
             int n = Zstd.Compress(probe, scratch, 1);
@@ -199,7 +233,7 @@ public sealed class BlobCodec
         }
         finally
         {
-            ArrayPool<byte>.Shared.Return(scratch);
+            BufferPool.Large.Return(scratch);
         }
     }
 
@@ -219,22 +253,23 @@ public sealed class BlobCodec
             return bodyLength == destination.Length && _aead.TryOpen(stored, aad, destination);
         }
 
-        var body = ArrayPool<byte>.Shared.Rent(bodyLength);
+        var body = BufferPool.Large.Rent(bodyLength);
         try
         {
             return _aead.TryOpen(stored, aad, body.AsSpan(0, bodyLength)) && Zstd.TryDecompress(body.AsSpan(0, bodyLength), destination);
         }
         finally
         {
-            ArrayPool<byte>.Shared.Return(body);
+            BufferPool.Large.Return(body);
         }
     }
 }
 
 /// <summary>
-/// Accumulates encoded blobs into one pack in memory. Not thread-safe: the owner (<see cref="PackerPool"/>) serialises.
+/// Accumulates encoded blobs into one pack in memory. Not thread-safe: the owner (<see cref="BlobWriter"/> or the
+/// pruner) serialises.
 /// </summary>
-public sealed class PackBuilder
+public sealed class PackBuilder : IPackBuilder
 {
     private readonly Aead _aead;
     private readonly List<PackedBlob> _blobs = [];
@@ -258,6 +293,8 @@ public sealed class PackBuilder
 
     public int Length => _length;
 
+    long IPackBuilder.Length => _length;
+
     public int Count => _blobs.Count;
 
     public IReadOnlyList<PackedBlob> Blobs => _blobs;
@@ -277,28 +314,14 @@ public sealed class PackBuilder
     /// <summary>Appends the header and trailer; returns the pack's bytes and its name (SHA-256 of the bytes).</summary>
     public (ReadOnlyMemory<byte> Bytes, ObjectId Name) Finish()
     {
-        var header = new WireWriter(9 + (_blobs.Count * PackFormat.EntrySize));
-        header.Raw(PackFormat.HeaderMagic);
-        header.Byte(PackFormat.HeaderVersion);
-        header.UInt32((uint)_blobs.Count);
-        foreach (var b in _blobs)
-        {
-            header.Byte((byte)b.Type);
-            header.Byte((byte)b.Flags);
-            header.UInt32((uint)b.Length);
-            header.UInt32((uint)b.RawLength);
-            header.Id(b.Id);
-        }
-
-        var sealedHeader = _aead.Seal(header.WrittenSpan, PackFormat.HeaderAssociatedData);
-        int total = _length + sealedHeader.Length + 4;
+        var trailer = PackFormat.SealTrailer(_aead, _blobs);
+        int total = _length + trailer.Length;
         if (total > _buffer.Length)
         {
             Array.Resize(ref _buffer, total);
         }
 
-        sealedHeader.CopyTo(_buffer.AsSpan(_length));
-        BinaryPrimitives.WriteUInt32LittleEndian(_buffer.AsSpan(_length + sealedHeader.Length), (uint)sealedHeader.Length);
+        trailer.CopyTo(_buffer.AsSpan(_length));
         var bytes = new ReadOnlyMemory<byte>(_buffer, 0, total);
         var name = new ObjectId(SHA256.HashData(bytes.Span));
         return (bytes, name);
