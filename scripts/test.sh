@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The project's test command (CI runs it through .ci/run): installs what the tests need, starts Ceph RGW for the S3
-# tests, runs every test project of Haven.slnx in Release, and ends with one line "N passed, N failed, N skipped".
+# tests and PostgreSQL for the server tests, runs every test project of Haven.slnx in Release, and ends with one line "N passed, N failed, N skipped".
 # Exits with dotnet test's exit code.
 #
 # Works as root on a fresh Debian 12 machine with the .NET SDK, without a terminal. As another user, the Debian
 # packages must be installed already.
 #
-# Environment: HAVEN_RGW_DIR (default /tmp/haven-rgw), HAVEN_RGW_PORT (default 17480); extra arguments are passed
+# Environment: HAVEN_RGW_DIR (default /tmp/haven-rgw), HAVEN_RGW_PORT (default 17480), HAVEN_PG_DIR (default
+# /tmp/haven-pg), HAVEN_PG_PORT (default 17432); extra arguments are passed
 # to dotnet test (e.g. --filter "FullyQualifiedName~Storage").
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,6 +58,10 @@ bash scripts/start-rgw.sh "$rgw_dir" "$rgw_port" >/dev/null
 source "$rgw_dir/env"
 export HAVEN_TEST_S3_ENDPOINT HAVEN_TEST_S3_ACCESS_KEY HAVEN_TEST_S3_SECRET_KEY
 export HAVEN_REQUIRE_S3=1 # the S3 tests fail, instead of doing nothing, if the variables above go missing
+
+# PostgreSQL for the server tests (the management database runs on SQLite and on PostgreSQL); left running.
+HAVEN_TEST_PG=$(bash scripts/start-pg.sh "${HAVEN_PG_DIR:-/tmp/haven-pg}" "${HAVEN_PG_PORT:-17432}")
+export HAVEN_TEST_PG
 
 set +e
 dotnet test Haven.slnx -c Release \

@@ -45,6 +45,9 @@ root.Subcommands.Add(CopyCommand.Build());
 root.Subcommands.Add(FindCommand.Build());
 root.Subcommands.Add(DiffCommand.Build());
 root.Subcommands.Add(DumpCommand.Build());
+root.Subcommands.Add(ServerCommand.Build());
+root.Subcommands.Add(AdminCommand.Build());
+root.Subcommands.Add(AgentCommand.Build());
 
 using var allocations = Environment.GetEnvironmentVariable("HAVEN_DEBUG_MEMORY") == "alloc" ? new AllocationListener() : null;
 var parse = root.Parse(args);

@@ -1,0 +1,204 @@
+using System.CommandLine;
+using System.Text.Json;
+using Haven.Cli.Infrastructure;
+using Haven.Core;
+using Haven.Protocol;
+using Haven.Server;
+
+namespace Haven.Cli.Commands;
+
+/// <summary><c>haven admin …</c>: the administration API from the command line.</summary>
+public static class AdminCommand
+{
+    private static readonly Option<string?> ServerUrl = new("--server") { Description = "Server URL (env HAVEN_SERVER; default: the server whose data folder is on this machine)", Recursive = true };
+    private static readonly Option<string?> CaFingerprint = new("--ca-fingerprint") { Description = "SHA-256 fingerprint of the server's CA, as 'haven server' printed it (env HAVEN_SERVER_CA)", Recursive = true };
+    private static readonly Option<string?> Token = new("--token") { Description = "API token (env HAVEN_ADMIN_TOKEN)", Recursive = true };
+
+    public static Command Build()
+    {
+        var command = new Command("admin", """
+            Administer a Haven server: tenants, clients, enrolment tokens, authentication failures, audit log
+
+            Examples:
+              export HAVEN_SERVER=https://backup.example.com:8443/ HAVEN_SERVER_CA=9f2c... HAVEN_ADMIN_TOKEN=hva1....
+              haven admin token-create --tenant default --client laptop-1
+              haven admin clients --tenant default
+              haven admin auth-failures
+            """) { ServerUrl, CaFingerprint, Token };
+
+        command.Subcommands.Add(Tenants());
+        command.Subcommands.Add(TenantCreate());
+        command.Subcommands.Add(TokenCreate());
+        command.Subcommands.Add(Clients());
+        command.Subcommands.Add(Revoke());
+        command.Subcommands.Add(AuthFailures());
+        command.Subcommands.Add(AuditLog());
+        return command;
+    }
+
+    private static Option<string> TenantOption() => new("--tenant") { Description = "Tenant name or id", Required = true };
+
+    private static Command Tenants()
+    {
+        var c = new Command("tenants", "List tenants");
+        Runner.SetHandler(c, async (ctx, ct) =>
+        {
+            using var api = await ConnectAsync(ctx, ct);
+            var tenants = await api.GetAsync<List<TenantInfo>>("api/v1/tenants", ct);
+            Print(ctx, tenants, t => $"{t.Id}  {t.Name}  created {t.Created:yyyy-MM-dd HH:mm}");
+            return 0;
+        });
+        return c;
+    }
+
+    private static Command TenantCreate()
+    {
+        var name = new Argument<string>("name") { Description = "The new tenant's name" };
+        var c = new Command("tenant-create", "Create a tenant (provider administrators)") { name };
+        Runner.SetHandler(c, async (ctx, ct) =>
+        {
+            using var api = await ConnectAsync(ctx, ct);
+            var tenant = await api.PostAsync<TenantInfo>("api/v1/tenants", new CreateTenantRequest(ctx.Parse.GetValue(name)!), ct);
+            Print(ctx, [tenant], t => $"created tenant {t.Name} ({t.Id})");
+            return 0;
+        });
+        return c;
+    }
+
+    private static Command TokenCreate()
+    {
+        var tenant = TenantOption();
+        var client = new Option<string?>("--client") { Description = "Enrol exactly this client, once (else any client names itself)" };
+        var uses = new Option<int?>("--uses") { Description = "How many clients the token may enrol (without --client; default 1)" };
+        var expires = new Option<string?>("--expires") { Description = "How long the token is valid, e.g. 1h, 7d (default 7d)" };
+        var c = new Command("token-create", "Create an enrolment token for 'haven agent enroll'") { tenant, client, uses, expires };
+        Runner.SetHandler(c, async (ctx, ct) =>
+        {
+            using var api = await ConnectAsync(ctx, ct);
+            string tenantId = await ResolveTenantAsync(api, ctx.Parse.GetValue(tenant)!, ct);
+            long? seconds = ctx.Parse.GetValue(expires) is { } e ? (long)Units.ParseDuration(e, "--expires").TotalSeconds : null;
+            var info = await api.PostAsync<EnrollmentTokenInfo>($"api/v1/tenants/{tenantId}/enrollment-tokens", new CreateEnrollmentTokenRequest(ctx.Parse.GetValue(client), ctx.Parse.GetValue(uses), seconds), ct);
+            if (!ctx.Output.IsJson)
+            {
+                Console.WriteLine(info.Token);
+                ctx.Output.Info($"valid until {info.Expires:yyyy-MM-dd HH:mm} UTC for {(info.ClientName is { } n ? $"client {n}" : $"{info.Uses} client(s)")}; on the client: haven agent enroll --server {api.Server} --token TOKEN");
+            }
+
+            ctx.Output.JsonResult(JsonSerializer.SerializeToNode(info, ProtocolJson.Options)!);
+            return 0;
+        });
+        return c;
+    }
+
+    private static Command Clients()
+    {
+        var tenant = TenantOption();
+        var c = new Command("clients", "List a tenant's enrolled clients") { tenant };
+        Runner.SetHandler(c, async (ctx, ct) =>
+        {
+            using var api = await ConnectAsync(ctx, ct);
+            string tenantId = await ResolveTenantAsync(api, ctx.Parse.GetValue(tenant)!, ct);
+            var clients = await api.GetAsync<List<ClientInfo>>($"api/v1/tenants/{tenantId}/clients", ct);
+            Print(ctx, clients, x => $"{x.Id}  {x.Name,-20} {(x.Revoked is { } r ? $"REVOKED {r:yyyy-MM-dd}" : $"last seen {x.LastSeen?.ToString("yyyy-MM-dd HH:mm") ?? "never"}")}  certificate until {x.CertificateNotAfter:yyyy-MM-dd}");
+            return 0;
+        });
+        return c;
+    }
+
+    private static Command Revoke()
+    {
+        var tenant = TenantOption();
+        var client = new Argument<string>("client") { Description = "Client name or id" };
+        var c = new Command("revoke", "Revoke a client: its certificates stop working at once") { tenant, client };
+        Runner.SetHandler(c, async (ctx, ct) =>
+        {
+            using var api = await ConnectAsync(ctx, ct);
+            string tenantId = await ResolveTenantAsync(api, ctx.Parse.GetValue(tenant)!, ct);
+            string wanted = ctx.Parse.GetValue(client)!;
+            var clients = await api.GetAsync<List<ClientInfo>>($"api/v1/tenants/{tenantId}/clients", ct);
+            var match = clients.FirstOrDefault(x => x.Id == wanted || x.Name == wanted)
+                ?? throw new HavenException(ErrorCode.NotFound, $"tenant has no client {wanted}", "list them with 'haven admin clients'");
+            await api.PostAsync<JsonElement>($"api/v1/tenants/{tenantId}/clients/{match.Id}/revoke", new { }, ct);
+            ctx.Output.Line($"revoked client {match.Name} ({match.Id})");
+            ctx.Output.JsonResult(new System.Text.Json.Nodes.JsonObject { ["revoked"] = match.Id });
+            return 0;
+        });
+        return c;
+    }
+
+    private static Command AuthFailures()
+    {
+        var limit = new Option<int?>("--limit") { Description = "At most this many, newest first (default 100)" };
+        var c = new Command("auth-failures", "List refused authentications with the path each came by") { limit };
+        Runner.SetHandler(c, async (ctx, ct) =>
+        {
+            using var api = await ConnectAsync(ctx, ct);
+            var rows = await api.GetAsync<List<AuthFailureInfo>>($"api/v1/auth-failures?limit={ctx.Parse.GetValue(limit) ?? 100}", ct);
+            Print(ctx, rows, f => $"{f.Time:yyyy-MM-dd HH:mm:ss}  {f.Kind,-11} {f.RemoteAddress}:{f.RemotePort}{(f.ForwardedFor is { } x ? $" via {x}" : "")}  {f.Path}  {f.Reason}"
+                + (f.CertificateFingerprint is { } fp ? $"  cert {fp[..16]}…" : "") + (f.UserAgent is { } ua ? $"  ua {ua}" : "") + (f.ServerName is { } sni ? $"  sni {sni}" : ""));
+            return 0;
+        });
+        return c;
+    }
+
+    private static Command AuditLog()
+    {
+        var limit = new Option<int?>("--limit") { Description = "At most this many, newest first (default 100)" };
+        var c = new Command("audit", "Show the audit log") { limit };
+        Runner.SetHandler(c, async (ctx, ct) =>
+        {
+            using var api = await ConnectAsync(ctx, ct);
+            var rows = await api.GetAsync<List<AuditEntry>>($"api/v1/audit?limit={ctx.Parse.GetValue(limit) ?? 100}", ct);
+            Print(ctx, rows, a => $"{a.Time:yyyy-MM-dd HH:mm:ss}  {a.Actor,-24} {a.Action,-16} {a.Detail}");
+            return 0;
+        });
+        return c;
+    }
+
+    private static void Print<T>(CliContext ctx, IReadOnlyList<T> rows, Func<T, string> line)
+    {
+        foreach (var row in rows)
+        {
+            ctx.Output.Line(line(row));
+        }
+
+        ctx.Output.JsonResult(JsonSerializer.SerializeToNode(rows, ProtocolJson.Options)!);
+    }
+
+    private static async Task<string> ResolveTenantAsync(ApiClient api, string nameOrId, CancellationToken ct)
+    {
+        var tenants = await api.GetAsync<List<TenantInfo>>("api/v1/tenants", ct);
+        return tenants.FirstOrDefault(t => t.Id == nameOrId || t.Name == nameOrId)?.Id
+            ?? throw new HavenException(ErrorCode.NotFound, $"no tenant {nameOrId} that you can see", "list them with 'haven admin tenants'");
+    }
+
+    /// <summary>Server, CA fingerprint and token from options, the environment, or the local server's data folder.</summary>
+    private static async Task<ApiClient> ConnectAsync(CliContext ctx, CancellationToken ct)
+    {
+        string? url = ctx.Parse.GetValue(ServerUrl) ?? CliContext.Env("HAVEN_SERVER");
+        string? fingerprint = ctx.Parse.GetValue(CaFingerprint) ?? CliContext.Env("HAVEN_SERVER_CA");
+        if (url is null || fingerprint is null)
+        {
+            string info = HavenServer.InfoFile(ServerCommand.DefaultDataDirectory());
+            if (File.Exists(info) && JsonSerializer.Deserialize<ServerInfoFile>(File.ReadAllText(info), ProtocolJson.Options) is { } local)
+            {
+                url ??= local.Url;
+                fingerprint ??= local.CaFingerprint;
+            }
+        }
+
+        if (url is null || fingerprint is null)
+        {
+            throw new HavenException(ErrorCode.Usage, "no server given", "pass --server URL and --ca-fingerprint F, or set HAVEN_SERVER and HAVEN_SERVER_CA (as 'haven server' printed them)");
+        }
+
+        string token = ctx.Parse.GetValue(Token) ?? CliContext.Env("HAVEN_ADMIN_TOKEN")
+            ?? throw new HavenException(ErrorCode.Usage, "no API token given", "pass --token or set HAVEN_ADMIN_TOKEN (the first one is printed by the server's first start)");
+        return await ApiClient.ConnectAsync(ParseUrl(url), Pinning.ParseFingerprint(fingerprint), bearerToken: token, ct: ct);
+    }
+
+    internal static Uri ParseUrl(string url) =>
+        Uri.TryCreate(url.EndsWith('/') ? url : url + "/", UriKind.Absolute, out var uri) && uri.Scheme == "https"
+            ? uri
+            : throw new HavenException(ErrorCode.Usage, $"'{url}' is not an https:// URL", "write the server as https://HOST:PORT/");
+}

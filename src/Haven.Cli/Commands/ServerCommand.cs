@@ -1,0 +1,91 @@
+using System.CommandLine;
+using System.Runtime.InteropServices;
+using System.Text.Json.Nodes;
+using Haven.Cli.Infrastructure;
+using Haven.Server;
+
+namespace Haven.Cli.Commands;
+
+public static class ServerCommand
+{
+    /// <summary>/var/lib/haven/server for root, else ~/.local/share/haven/server; HAVEN_SERVER_DATA overrides.</summary>
+    public static string DefaultDataDirectory() =>
+        Environment.GetEnvironmentVariable("HAVEN_SERVER_DATA") is { Length: > 0 } env ? env
+        : Environment.UserName == "root" ? "/var/lib/haven/server"
+        : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".local", "share", "haven", "server");
+
+    public static Command Build()
+    {
+        var data = new Option<string?>("--data") { Description = "Data folder: database, CA, certificates (env HAVEN_SERVER_DATA; default /var/lib/haven/server as root, else ~/.local/share/haven/server)" };
+        var listen = new Option<string?>("--listen") { Description = "Address and port to listen on, e.g. 0.0.0.0:8443 (env HAVEN_SERVER_LISTEN; default 127.0.0.1:8443; port 0 picks a free one)" };
+        var database = new Option<string?>("--database") { Description = "PostgreSQL connection string or postgres:// URL (env HAVEN_DATABASE; default SQLite in the data folder)" };
+        var names = new Option<string[]>("--name") { Description = "Another host name or address agents use to reach this server (for its certificate); repeatable", AllowMultipleArgumentsPerToken = false };
+        var command = new Command("server", """
+            Run the Haven server: enrols clients, authenticates them by certificate, keeps the management database
+
+            Examples:
+              haven server
+              haven server --listen 0.0.0.0:8443 --name backup.example.com
+              haven server --database 'Host=db;Username=haven;Password=...;Database=haven'
+            """) { data, listen, database, names };
+        Runner.SetHandler(command, async (ctx, ct) =>
+        {
+            var p = ctx.Parse;
+            var options = new ServerOptions
+            {
+                DataDirectory = Path.GetFullPath(p.GetValue(data) ?? DefaultDataDirectory()),
+                Listen = p.GetValue(listen) ?? Environment.GetEnvironmentVariable("HAVEN_SERVER_LISTEN") ?? "127.0.0.1:8443",
+                Database = p.GetValue(database) ?? Environment.GetEnvironmentVariable("HAVEN_DATABASE"),
+                ServerNames = p.GetValue(names) ?? [],
+            };
+
+            using var stop = CancellationTokenSource.CreateLinkedTokenSource(ct);
+            using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, context => { context.Cancel = true; stop.Cancel(); });
+            await using var server = await HavenServer.StartAsync(options, stop.Token);
+            Report(ctx, server, options);
+            try
+            {
+                await Task.Delay(Timeout.Infinite, stop.Token);
+            }
+            catch (OperationCanceledException)
+            {
+            }
+
+            Console.Error.WriteLine("haven server: stopping");
+            return 0;
+        });
+        return command;
+    }
+
+    private static void Report(CliContext ctx, HavenServer server, ServerOptions options)
+    {
+        var o = ctx.Output;
+        o.Line($"Haven server {ServerInfo.Version} listening on {server.Url}");
+        o.Line($"  API:            {server.Url}api/v1");
+        o.Line($"  data:           {options.DataDirectory}");
+        o.Line($"  database:       {server.Db.Description}");
+        o.Line($"  CA fingerprint: {server.Ca.Fingerprint}");
+        if (server.FirstAdmin is { } first)
+        {
+            o.Line();
+            o.Line("First start: an administrator was created. This is shown once; keep it safe.");
+            o.Line($"  name:      {first.Name}");
+            o.Line($"  password:  {first.Password}");
+            o.Line($"  API token: {first.ApiToken}");
+            o.Line();
+            o.Line("To administer from this machine:");
+            o.Line($"  export HAVEN_SERVER={server.Url} HAVEN_SERVER_CA={server.Ca.Fingerprint} HAVEN_ADMIN_TOKEN={first.ApiToken}");
+            o.Line("  haven admin token-create --tenant default --client laptop-1");
+        }
+
+        o.JsonResult(new JsonObject
+        {
+            ["url"] = server.Url.ToString(),
+            ["ca_fingerprint"] = server.Ca.Fingerprint,
+            ["database"] = server.Db.Description,
+            ["data"] = options.DataDirectory,
+            ["first_admin"] = server.FirstAdmin is { } f ? new JsonObject { ["name"] = f.Name, ["password"] = f.Password, ["api_token"] = f.ApiToken, ["tenant_id"] = f.TenantId } : null,
+        });
+        Console.Out.Flush();
+    }
+}

@@ -1,0 +1,265 @@
+using Dapper;
+using Haven.Protocol;
+using Haven.Server.Database;
+using Haven.Server.Pki;
+using Haven.Server.Security;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Routing;
+
+namespace Haven.Server.Api;
+
+/// <summary>
+/// The administration API. Every endpoint checks the caller's tenant and role (<see cref="AdminPrincipal"/>); what
+/// belongs to another tenant answers exactly as what does not exist.
+/// </summary>
+internal static class AdminEndpoints
+{
+    public static void Map(IEndpointRouteBuilder app)
+    {
+        app.MapGet("/api/v1/health", (CertificateAuthority ca) => Api.Ok(new HealthInfo("ok", ServerInfo.Version, ca.Fingerprint)));
+        app.MapGet("/api/v1/ca", (CertificateAuthority ca) => Results.Text(ca.CertificatePem, "application/x-pem-file"));
+        app.MapPost("/api/v1/auth/token", LoginAsync);
+        app.MapGet("/api/v1/me", (HttpContext context) => { var a = context.Admin(); return Api.Ok(new { a.Id, a.Name, a.Role, a.TenantId }); });
+
+        app.MapGet("/api/v1/tenants", ListTenantsAsync);
+        app.MapPost("/api/v1/tenants", CreateTenantAsync);
+        app.MapGet("/api/v1/tenants/{tenant}/clients", ListClientsAsync);
+        app.MapPost("/api/v1/tenants/{tenant}/clients/{client}/revoke", RevokeClientAsync);
+        app.MapPost("/api/v1/tenants/{tenant}/enrollment-tokens", CreateTokenAsync);
+        app.MapGet("/api/v1/tenants/{tenant}/admins", ListAdminsAsync);
+        app.MapPost("/api/v1/admins", CreateAdminAsync);
+        app.MapGet("/api/v1/auth-failures", ListAuthFailuresAsync);
+        app.MapGet("/api/v1/audit", ListAuditAsync);
+    }
+
+    private static async Task<IResult> LoginAsync(HttpContext context, LoginRequest request, ManagementDb db, AuthFailures failures, Audit audit, TimeProvider time)
+    {
+        var row = await db.QuerySingleOrDefaultAsync<LoginRow>(
+            "SELECT id AS Id, role AS Role, tenant_id AS TenantId, password_hash AS PasswordHash FROM admins WHERE name = @name", new { name = request.Name ?? "" }, context.RequestAborted).ConfigureAwait(false);
+        // The hash is computed for unknown names too, so timing does not tell which names exist.
+        bool ok = Secrets.VerifyPassword(request.Password ?? "", row?.PasswordHash ?? DummyHash) && row is not null;
+        if (!ok)
+        {
+            await failures.RecordAsync(context, "password", $"wrong name or password (name '{Truncate(request.Name)}')").ConfigureAwait(false);
+            await Authentication.RefuseAsync(context, StatusCodes.Status401Unauthorized, "unauthenticated", "wrong name or password").ConfigureAwait(false);
+            return Results.Empty;
+        }
+
+        var admin = row!;
+        string token = Secrets.NewApiToken();
+        await db.ExecuteAsync("INSERT INTO api_tokens (id, admin_id, token_hash, created) VALUES (@id, @adminId, @hash, @now)",
+            new { id = Secrets.NewId(), adminId = admin.Id, hash = Secrets.HashToken(token), now = Clock.Format(time.GetUtcNow()) }, context.RequestAborted).ConfigureAwait(false);
+        await audit.WriteAsync($"admin:{request.Name}", admin.TenantId, "admin.login", "API token issued", context.RequestAborted).ConfigureAwait(false);
+        return Api.Ok(new LoginResponse(token, admin.Id, admin.Role, admin.TenantId));
+    }
+
+    private static readonly string DummyHash = Secrets.HashPassword(Secrets.NewPassword());
+
+    private static string Truncate(string? s) => s is null ? "" : s.Length <= 64 ? s : s[..64] + "…";
+
+    private static async Task<IResult> ListTenantsAsync(HttpContext context, ManagementDb db)
+    {
+        var admin = context.Admin();
+        var rows = await db.QueryAsync<TenantRow>(
+            admin.IsProvider ? "SELECT id AS Id, name AS Name, created AS Created FROM tenants ORDER BY name" : "SELECT id AS Id, name AS Name, created AS Created FROM tenants WHERE id = @tenant ORDER BY name",
+            new { tenant = admin.TenantId }, context.RequestAborted).ConfigureAwait(false);
+        return Api.Ok(rows.Select(r => new TenantInfo(r.Id, r.Name, Clock.Parse(r.Created))).ToList());
+    }
+
+    private static async Task<IResult> CreateTenantAsync(HttpContext context, CreateTenantRequest request, ManagementDb db, Audit audit, TimeProvider time)
+    {
+        var admin = context.Admin();
+        if (!admin.IsProvider)
+        {
+            return Api.Forbidden("only the provider's administrators create tenants");
+        }
+
+        if (!Api.IsValidName(request.Name))
+        {
+            return Api.BadRequest($"'{request.Name}' is not a valid tenant name", "use 1-64 letters, digits, '.', '_', '-'");
+        }
+
+        var tenant = new TenantInfo(Secrets.NewId(), request.Name, time.GetUtcNow());
+        try
+        {
+            await db.ExecuteAsync("INSERT INTO tenants (id, name, created) VALUES (@Id, @Name, @created)", new { tenant.Id, tenant.Name, created = Clock.Format(tenant.Created) }, context.RequestAborted).ConfigureAwait(false);
+        }
+        catch (System.Data.Common.DbException)
+        {
+            return Api.Error(StatusCodes.Status409Conflict, "conflict", $"a tenant named {request.Name} exists");
+        }
+
+        await audit.WriteAsync($"admin:{admin.Name}", tenant.Id, "tenant.create", $"tenant {tenant.Name} created", context.RequestAborted).ConfigureAwait(false);
+        return Api.Created(tenant);
+    }
+
+    private static async Task<IResult> ListClientsAsync(HttpContext context, string tenant, ManagementDb db)
+    {
+        if (!context.Admin().CanRead(tenant))
+        {
+            return Api.NotFound($"tenant {tenant}");
+        }
+
+        var rows = await db.QueryAsync<ClientRow>(
+            "SELECT id AS Id, tenant_id AS TenantId, name AS Name, hostname AS Hostname, enrolled AS Enrolled, last_seen AS LastSeen, cert_fingerprint AS CertFingerprint, cert_not_after AS CertNotAfter, revoked AS Revoked FROM clients WHERE tenant_id = @tenant ORDER BY name",
+            new { tenant }, context.RequestAborted).ConfigureAwait(false);
+        return Api.Ok(rows.Select(r => r.ToInfo()).ToList());
+    }
+
+    private static async Task<IResult> RevokeClientAsync(HttpContext context, string tenant, string client, ManagementDb db, Audit audit, TimeProvider time)
+    {
+        var admin = context.Admin();
+        if (!admin.CanRead(tenant))
+        {
+            return Api.NotFound($"tenant {tenant}");
+        }
+
+        if (!admin.CanWrite(tenant))
+        {
+            return Api.Forbidden("viewers cannot revoke clients");
+        }
+
+        string now = Clock.Format(time.GetUtcNow());
+        int changed = await db.InTransactionAsync(async (c, tx) =>
+        {
+            int n = await c.ExecuteAsync("UPDATE clients SET revoked = @now WHERE id = @client AND tenant_id = @tenant AND revoked IS NULL", new { now, client, tenant }, tx).ConfigureAwait(false);
+            await c.ExecuteAsync("UPDATE client_certificates SET revoked = @now WHERE client_id = @client AND revoked IS NULL AND EXISTS (SELECT 1 FROM clients WHERE id = @client AND tenant_id = @tenant)", new { now, client, tenant }, tx).ConfigureAwait(false);
+            return n;
+        }, context.RequestAborted).ConfigureAwait(false);
+        if (changed == 0)
+        {
+            return Api.NotFound($"client {client} (or it is revoked already)");
+        }
+
+        await audit.WriteAsync($"admin:{admin.Name}", tenant, "client.revoke", $"client {client} revoked", context.RequestAborted).ConfigureAwait(false);
+        return Api.Ok(new { revoked = client });
+    }
+
+    private static async Task<IResult> CreateTokenAsync(HttpContext context, string tenant, CreateEnrollmentTokenRequest request, ManagementDb db, CertificateAuthority ca, Audit audit, TimeProvider time)
+    {
+        var admin = context.Admin();
+        if (!admin.CanRead(tenant))
+        {
+            return Api.NotFound($"tenant {tenant}");
+        }
+
+        if (!admin.CanWrite(tenant))
+        {
+            return Api.Forbidden("viewers cannot create enrolment tokens");
+        }
+
+        bool exists = await db.QuerySingleOrDefaultAsync<string>("SELECT id FROM tenants WHERE id = @tenant", new { tenant }, context.RequestAborted).ConfigureAwait(false) is not null;
+        if (!exists)
+        {
+            return Api.NotFound($"tenant {tenant}");
+        }
+
+        if (request.ClientName is not null && !Api.IsValidName(request.ClientName))
+        {
+            return Api.BadRequest($"'{request.ClientName}' is not a valid client name", "use 1-64 letters, digits, '.', '_', '-'");
+        }
+
+        int uses = request.ClientName is not null ? 1 : Math.Clamp(request.Uses ?? 1, 1, 100_000);
+        var lifetime = TimeSpan.FromSeconds(Math.Clamp(request.ExpiresInSeconds ?? 7 * 86400, 60, 365L * 86400));
+        var token = EnrollmentToken.Create(ca.FingerprintBytes);
+        var info = new EnrollmentTokenInfo(Secrets.NewId(), token.ToString(), tenant, request.ClientName, uses, time.GetUtcNow() + lifetime);
+        await db.ExecuteAsync(
+            "INSERT INTO enrollment_tokens (id, tenant_id, secret_hash, client_name, uses_left, expires, created_by, created) VALUES (@id, @tenant, @hash, @name, @uses, @expires, @by, @now)",
+            new { id = info.Id, tenant, hash = token.SecretHash, name = request.ClientName, uses, expires = Clock.Format(info.Expires), by = admin.Id, now = Clock.Format(time.GetUtcNow()) },
+            context.RequestAborted).ConfigureAwait(false);
+        await audit.WriteAsync($"admin:{admin.Name}", tenant, "token.create", $"enrolment token {info.Id[..8]} for {request.ClientName ?? $"{uses} client(s)"} until {Clock.Format(info.Expires)}", context.RequestAborted).ConfigureAwait(false);
+        return Api.Created(info);
+    }
+
+    private static async Task<IResult> ListAdminsAsync(HttpContext context, string tenant, ManagementDb db)
+    {
+        if (!context.Admin().CanRead(tenant))
+        {
+            return Api.NotFound($"tenant {tenant}");
+        }
+
+        var rows = await db.QueryAsync<AdminRow>(
+            "SELECT id AS Id, name AS Name, tenant_id AS TenantId, role AS Role, created AS Created FROM admins WHERE tenant_id = @tenant ORDER BY name", new { tenant }, context.RequestAborted).ConfigureAwait(false);
+        return Api.Ok(rows.Select(r => new AdminInfo(r.Id, r.Name, r.TenantId, r.Role, Clock.Parse(r.Created))).ToList());
+    }
+
+    private static async Task<IResult> CreateAdminAsync(HttpContext context, CreateAdminRequest request, ManagementDb db, Audit audit, TimeProvider time)
+    {
+        var admin = context.Admin();
+        if (!Roles.IsKnown(request.Role))
+        {
+            return Api.BadRequest($"'{request.Role}' is not a role", "roles: provider, admin, viewer");
+        }
+
+        if (request.Role == Roles.Provider ? !admin.IsProvider : request.TenantId is null || !admin.CanWrite(request.TenantId))
+        {
+            return request.TenantId is not null && !admin.CanRead(request.TenantId)
+                ? Api.NotFound($"tenant {request.TenantId}")
+                : Api.Forbidden("you cannot create administrators with that role or tenant");
+        }
+
+        if (!Api.IsValidName(request.Name) || (request.Password?.Length ?? 0) < 12)
+        {
+            return Api.BadRequest("the name must be 1-64 letters, digits, '.', '_', '-' and the password at least 12 characters");
+        }
+
+        var info = new AdminInfo(Secrets.NewId(), request.Name, request.Role == Roles.Provider ? null : request.TenantId, request.Role, time.GetUtcNow());
+        try
+        {
+            await db.ExecuteAsync("INSERT INTO admins (id, name, tenant_id, role, password_hash, created) VALUES (@Id, @Name, @TenantId, @Role, @hash, @created)",
+                new { info.Id, info.Name, info.TenantId, info.Role, hash = Secrets.HashPassword(request.Password!), created = Clock.Format(info.Created) }, context.RequestAborted).ConfigureAwait(false);
+        }
+        catch (System.Data.Common.DbException)
+        {
+            return Api.Error(StatusCodes.Status409Conflict, "conflict", $"an administrator named {request.Name} exists, or the tenant does not");
+        }
+
+        await audit.WriteAsync($"admin:{admin.Name}", info.TenantId, "admin.create", $"administrator {info.Name} ({info.Role}) created", context.RequestAborted).ConfigureAwait(false);
+        return Api.Created(info);
+    }
+
+    private static async Task<IResult> ListAuthFailuresAsync(HttpContext context, ManagementDb db, int? limit)
+    {
+        if (!context.Admin().IsProvider)
+        {
+            return Api.Forbidden("authentication failures are visible to the provider's administrators only (they cannot be told apart by tenant)");
+        }
+
+        var rows = await db.QueryAsync<AuthFailureRow>(
+            """
+            SELECT id AS Id, time AS Time, kind AS Kind, reason AS Reason, remote_address AS RemoteAddress, remote_port AS RemotePort, forwarded_for AS ForwardedFor,
+                   cert_fingerprint AS CertFingerprint, cert_subject AS CertSubject, server_name AS ServerName, user_agent AS UserAgent, path AS Path
+            FROM auth_failures ORDER BY id DESC LIMIT @limit
+            """,
+            new { limit = Math.Clamp(limit ?? 100, 1, 10_000) }, context.RequestAborted).ConfigureAwait(false);
+        return Api.Ok(rows.Select(r => new AuthFailureInfo(r.Id, Clock.Parse(r.Time), r.Kind, r.Reason, r.RemoteAddress, (int)r.RemotePort, r.ForwardedFor, r.CertFingerprint, r.CertSubject, r.ServerName, r.UserAgent, r.Path)).ToList());
+    }
+
+    private static async Task<IResult> ListAuditAsync(HttpContext context, ManagementDb db, int? limit)
+    {
+        var admin = context.Admin();
+        const string columns = "id AS Id, time AS Time, actor AS Actor, tenant_id AS TenantId, action AS Action, detail AS Detail";
+        var rows = await db.QueryAsync<AuditRow>(
+            admin.IsProvider
+                ? $"SELECT {columns} FROM audit_log ORDER BY id DESC LIMIT @limit"
+                : $"SELECT {columns} FROM audit_log WHERE tenant_id = @tenant ORDER BY id DESC LIMIT @limit",
+            new { tenant = admin.TenantId, limit = Math.Clamp(limit ?? 100, 1, 10_000) }, context.RequestAborted).ConfigureAwait(false);
+        return Api.Ok(rows.Select(r => new AuditEntry(r.Id, Clock.Parse(r.Time), r.Actor, r.TenantId, r.Action, r.Detail)).ToList());
+    }
+
+    private sealed record LoginRow(string Id, string Role, string? TenantId, string PasswordHash);
+
+    private sealed record TenantRow(string Id, string Name, string Created);
+
+    private sealed record AdminRow(string Id, string Name, string? TenantId, string Role, string Created);
+
+    private sealed record AuditRow(long Id, string Time, string Actor, string? TenantId, string Action, string Detail);
+
+    private sealed record ClientRow(string Id, string TenantId, string Name, string? Hostname, string Enrolled, string? LastSeen, string CertFingerprint, string CertNotAfter, string? Revoked)
+    {
+        public ClientInfo ToInfo() => new(Id, TenantId, Name, Hostname, Clock.Parse(Enrolled), Clock.ParseOrNull(LastSeen), CertFingerprint, Clock.Parse(CertNotAfter), Clock.ParseOrNull(Revoked));
+    }
+
+    private sealed record AuthFailureRow(long Id, string Time, string Kind, string Reason, string RemoteAddress, long RemotePort, string? ForwardedFor, string? CertFingerprint, string? CertSubject, string? ServerName, string? UserAgent, string Path);
+}

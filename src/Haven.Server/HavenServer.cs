@@ -1,0 +1,209 @@
+using System.Net;
+using System.Security.Authentication;
+using System.Text.Json;
+using Haven.Core;
+using Haven.Protocol;
+using Haven.Server.Api;
+using Haven.Server.Database;
+using Haven.Server.Pki;
+using Haven.Server.Security;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Server.Kestrel.Https;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+
+namespace Haven.Server;
+
+/// <summary>How a server starts.</summary>
+public sealed record ServerOptions
+{
+    /// <summary>The data folder: management database (SQLite), CA, TLS certificate, hosted repositories.</summary>
+    public required string DataDirectory { get; init; }
+
+    /// <summary>Address and port to listen on; port 0 picks a free one (see <see cref="HavenServer.Url"/>).</summary>
+    public string Listen { get; init; } = "127.0.0.1:8443";
+
+    /// <summary>A PostgreSQL connection string or URL; null for SQLite in the data folder.</summary>
+    public string? Database { get; init; }
+
+    /// <summary>More names and addresses for the server certificate (what agents dial).</summary>
+    public IReadOnlyList<string> ServerNames { get; init; } = [];
+
+    public TimeProvider Time { get; init; } = TimeProvider.System;
+
+    public LogLevel LogLevel { get; init; } = LogLevel.Warning;
+}
+
+public static class ServerInfo
+{
+    public static string Version { get; } = typeof(ServerInfo).Assembly.GetName().Version?.ToString(3) ?? "0.0.0";
+}
+
+/// <summary>The first administrator, made on the first start; printed once, never stored in clear.</summary>
+public sealed record FirstAdmin(string Name, string Password, string ApiToken, string TenantId);
+
+/// <summary>
+/// A running Haven server: Kestrel over HTTPS with the server's own CA, client certificates requested on every
+/// connection (and checked per request, so a refusal can be recorded with its path), the management database
+/// migrated at start.
+/// </summary>
+public sealed class HavenServer : IAsyncDisposable
+{
+    private readonly WebApplication _app;
+
+    private HavenServer(WebApplication app, Uri url, CertificateAuthority ca, ManagementDb db, FirstAdmin? firstAdmin)
+    {
+        _app = app;
+        Url = url;
+        Ca = ca;
+        Db = db;
+        FirstAdmin = firstAdmin;
+    }
+
+    public Uri Url { get; }
+
+    public CertificateAuthority Ca { get; }
+
+    public ManagementDb Db { get; }
+
+    /// <summary>Set on the first start only.</summary>
+    public FirstAdmin? FirstAdmin { get; }
+
+    /// <summary>The file a running server writes its address and CA fingerprint to, for tools on the same machine.</summary>
+    public static string InfoFile(string dataDirectory) => Path.Combine(dataDirectory, "server.json");
+
+    public static async Task<HavenServer> StartAsync(ServerOptions options, CancellationToken ct)
+    {
+        var endpoint = ParseListen(options.Listen);
+        Directory.CreateDirectory(options.DataDirectory);
+        var time = options.Time;
+        var db = ManagementDb.Open(options.Database, Path.Combine(options.DataDirectory, "haven.db"));
+        await db.MigrateAsync(ct).ConfigureAwait(false);
+        var ca = CertificateAuthority.LoadOrCreate(Path.Combine(options.DataDirectory, "ca"), time);
+        var serverCert = ca.IssueServerCertificate(options.ServerNames.Append(endpoint.Address.ToString()), time);
+        var firstAdmin = await BootstrapAsync(db, time, ct).ConfigureAwait(false);
+
+        var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { ApplicationName = "haven-server", ContentRootPath = options.DataDirectory });
+        builder.Logging.ClearProviders();
+        builder.Logging.AddSimpleConsole(o => { o.SingleLine = true; o.TimestampFormat = "yyyy-MM-dd HH:mm:ss "; });
+        builder.Logging.SetMinimumLevel(options.LogLevel);
+        builder.Logging.AddFilter("Haven", LogLevel.Information);
+        builder.Services.AddSingleton(time);
+        builder.Services.AddSingleton(db);
+        builder.Services.AddSingleton(ca);
+        builder.Services.AddSingleton<AuthFailures>();
+        builder.Services.AddSingleton<Audit>();
+        builder.Services.ConfigureHttpJsonOptions(o =>
+        {
+            o.SerializerOptions.PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower;
+            o.SerializerOptions.DefaultIgnoreCondition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull;
+            o.SerializerOptions.Encoder = ProtocolJson.Options.Encoder;
+        });
+        builder.WebHost.ConfigureKestrel(kestrel =>
+        {
+            kestrel.AddServerHeader = false;
+            kestrel.Limits.MaxRequestBodySize = 64L * 1024 * 1024;
+            kestrel.Listen(endpoint, listen => listen.UseHttps(https =>
+            {
+                https.ServerCertificate = serverCert;
+                https.SslProtocols = SslProtocols.Tls12 | SslProtocols.Tls13;
+                https.ClientCertificateMode = ClientCertificateMode.AllowCertificate;
+                // Checked per request by Authentication, which records refusals with their path.
+                https.AllowAnyClientCertificate();
+            }));
+        });
+
+        var app = builder.Build();
+        app.UseMiddleware<Authentication>();
+        app.Use(async (context, next) =>
+        {
+            try
+            {
+                await next(context).ConfigureAwait(false);
+            }
+            catch (BadHttpRequestException e)
+            {
+                if (!context.Response.HasStarted)
+                {
+                    context.Response.StatusCode = e.StatusCode;
+                    await context.Response.WriteAsJsonAsync(new ApiError("bad_request", e.Message), ProtocolJson.Options).ConfigureAwait(false);
+                }
+            }
+        });
+        AdminEndpoints.Map(app);
+        AgentEndpoints.Map(app);
+        app.MapFallback((HttpContext c) => Api.Api.NotFound($"{c.Request.Method} {c.Request.Path}"));
+
+        try
+        {
+            await app.StartAsync(ct).ConfigureAwait(false);
+        }
+        catch (IOException e)
+        {
+            await app.DisposeAsync().ConfigureAwait(false);
+            throw new HavenException(ErrorCode.Unavailable, $"cannot listen on {options.Listen}: {e.Message}", "choose another address with --listen, or stop what uses the port");
+        }
+
+        var address = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
+        var bound = new Uri(address.Replace("://[::]", "://[::1]", StringComparison.Ordinal).Replace("://0.0.0.0", "://127.0.0.1", StringComparison.Ordinal));
+        var server = new HavenServer(app, bound, ca, db, firstAdmin);
+        await File.WriteAllTextAsync(
+            InfoFile(options.DataDirectory),
+            JsonSerializer.Serialize(new ServerInfoFile(bound.ToString(), ca.Fingerprint, Environment.ProcessId), ProtocolJson.Options),
+            ct).ConfigureAwait(false);
+        return server;
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await _app.StopAsync().ConfigureAwait(false);
+        await _app.DisposeAsync().ConfigureAwait(false);
+        Ca.Dispose();
+    }
+
+    private static IPEndPoint ParseListen(string listen)
+    {
+        if (IPEndPoint.TryParse(listen, out var ep) && listen.Contains(':', StringComparison.Ordinal))
+        {
+            return ep;
+        }
+
+        if (listen.StartsWith("localhost:", StringComparison.OrdinalIgnoreCase) && int.TryParse(listen["localhost:".Length..], out int port) && port is >= 0 and <= 65535)
+        {
+            return new IPEndPoint(IPAddress.Loopback, port);
+        }
+
+        throw new HavenException(ErrorCode.Usage, $"'{listen}' is not an address and port", "write --listen 127.0.0.1:8443, 0.0.0.0:8443 or [::]:8443");
+    }
+
+    /// <summary>On an empty database: a tenant "default" and a provider administrator "admin" with a random password and token.</summary>
+    private static async Task<FirstAdmin?> BootstrapAsync(ManagementDb db, TimeProvider time, CancellationToken ct)
+    {
+        return await db.InTransactionAsync(async (c, tx) =>
+        {
+            long admins = await Dapper.SqlMapper.ExecuteScalarAsync<long>(c, "SELECT COUNT(*) FROM admins", transaction: tx).ConfigureAwait(false);
+            if (admins > 0)
+            {
+                return null;
+            }
+
+            string now = Clock.Format(time.GetUtcNow());
+            string tenantId = Secrets.NewId();
+            string adminId = Secrets.NewId();
+            string password = Secrets.NewPassword();
+            string token = Secrets.NewApiToken();
+            await Dapper.SqlMapper.ExecuteAsync(c, "INSERT INTO tenants (id, name, created) VALUES (@tenantId, 'default', @now)", new { tenantId, now }, tx).ConfigureAwait(false);
+            await Dapper.SqlMapper.ExecuteAsync(c, "INSERT INTO admins (id, name, tenant_id, role, password_hash, created) VALUES (@adminId, 'admin', NULL, @role, @hash, @now)", new { adminId, role = Roles.Provider, hash = Secrets.HashPassword(password), now }, tx).ConfigureAwait(false);
+            await Dapper.SqlMapper.ExecuteAsync(c, "INSERT INTO api_tokens (id, admin_id, token_hash, created) VALUES (@id, @adminId, @hash, @now)", new { id = Secrets.NewId(), adminId, hash = Secrets.HashToken(token), now }, tx).ConfigureAwait(false);
+            await Dapper.SqlMapper.ExecuteAsync(c, "INSERT INTO audit_log (time, actor, tenant_id, action, detail) VALUES (@now, 'server', NULL, 'admin.bootstrap', 'first administrator admin and tenant default created')", new { now }, tx).ConfigureAwait(false);
+            return new FirstAdmin("admin", password, token, tenantId);
+        }, ct).ConfigureAwait(false);
+    }
+}
+
+/// <summary>Contents of <see cref="HavenServer.InfoFile"/>.</summary>
+public sealed record ServerInfoFile(string Url, string CaFingerprint, int Pid);
