@@ -93,7 +93,8 @@ public class S3CliTests
         Assert.DoesNotContain("   at ", cut.Stderr);
         long before = relay.BytesForwarded;
         long arrived = await PackBytesAsync(cli, s3);
-        Assert.True(arrived >= 16 << 20, $"no whole pack had arrived when the network was cut ({arrived} bytes of packs)");
+        // Puts are atomic, so every listed pack is whole; a pack closes just below the 16 MiB target, so count, not size.
+        Assert.True(arrived > 0, "no whole pack had arrived when the network was cut");
 
         relay.Restore();
         var resumed = cli.Expect(0, "backup", cli.Source, "--json").Json;
