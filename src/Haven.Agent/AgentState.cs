@@ -93,7 +93,7 @@ public sealed class AgentState
     {
         Directory.CreateDirectory(Folder);
         File.SetUnixFileMode(Folder, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
-        WriteAtomically(CertificatePath, certificatePem.TrimEnd() + "\n" + keyPem.TrimEnd() + "\n", secret: true);
+        SaveCertificate(keyPem, certificatePem);
         WriteAtomically(CaPath, caPem);
         WriteAtomically(IdentityPath, JsonSerializer.Serialize(identity, ProtocolJson.Options));
     }

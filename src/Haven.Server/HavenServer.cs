@@ -97,10 +97,11 @@ public sealed class HavenServer : IAsyncDisposable
         builder.Services.AddSingleton(ca);
         builder.Services.AddSingleton<AuthFailures>();
         builder.Services.AddSingleton<Audit>();
+        // Request bodies bind with the protocol's settings (answers are written with ProtocolJson.Options directly).
         builder.Services.ConfigureHttpJsonOptions(o =>
         {
-            o.SerializerOptions.PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower;
-            o.SerializerOptions.DefaultIgnoreCondition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull;
+            o.SerializerOptions.PropertyNamingPolicy = ProtocolJson.Options.PropertyNamingPolicy;
+            o.SerializerOptions.DefaultIgnoreCondition = ProtocolJson.Options.DefaultIgnoreCondition;
             o.SerializerOptions.Encoder = ProtocolJson.Options.Encoder;
         });
         builder.WebHost.ConfigureKestrel(kestrel =>
@@ -136,7 +137,7 @@ public sealed class HavenServer : IAsyncDisposable
         });
         AdminEndpoints.Map(app);
         AgentEndpoints.Map(app);
-        app.MapFallback((HttpContext c) => Api.Api.NotFound($"{c.Request.Method} {c.Request.Path}"));
+        app.MapFallback((HttpContext c) => ApiResults.NotFound($"{c.Request.Method} {c.Request.Path}"));
 
         try
         {

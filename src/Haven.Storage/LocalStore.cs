@@ -33,35 +33,15 @@ public sealed partial class LocalStore : IStore
 
     public async Task PutAsync(StoreHandle handle, ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
     {
-        string path = PathOf(handle);
-        string folder = Path.GetDirectoryName(path)!;
-        string temp = Path.Combine(folder, $".{handle.Name}.{Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6))}.tmp");
-        cancellationToken.ThrowIfCancellationRequested();
         try
         {
-            CreateFolder(folder);
-            try
+            await WriteThroughTempAsync(handle, async (file, ct) =>
             {
-                using (var file = File.OpenHandle(temp, FileMode.CreateNew, FileAccess.Write, FileShare.None))
+                if (!data.IsEmpty)
                 {
-                    if (!data.IsEmpty)
-                    {
-                        await RandomAccess.WriteAsync(file, data, 0, cancellationToken).ConfigureAwait(false);
-                    }
-
-                    RandomAccess.FlushToDisk(file);
+                    await RandomAccess.WriteAsync(file, data, 0, ct).ConfigureAwait(false);
                 }
-
-                cancellationToken.ThrowIfCancellationRequested();
-                File.Move(temp, path, overwrite: true);
-            }
-            catch
-            {
-                TryDelete(temp);
-                throw;
-            }
-
-            FlushFolder(folder);
+            }, cancellationToken).ConfigureAwait(false);
         }
         catch (Exception e) when (Translate(e, "write", handle) is { } translated)
         {
@@ -109,31 +89,55 @@ public sealed partial class LocalStore : IStore
                 throw new IOException($"cannot move {path} to {destination}: {Marshal.GetPInvokeErrorMessage(errno)}", errno);
             }
 
-            string temp = Path.Combine(folder, $".{handle.Name}.{Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6))}.tmp");
-            try
+            await WriteThroughTempAsync(handle, async (target, ct) =>
             {
-                await using (var source = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1, FileOptions.SequentialScan))
-                await using (var target = new FileStream(temp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1))
+                using var source = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.Read, FileOptions.SequentialScan);
+                var buffer = new byte[1024 * 1024];
+                long offset = 0;
+                int n;
+                while ((n = await RandomAccess.ReadAsync(source, buffer, offset, ct).ConfigureAwait(false)) > 0)
                 {
-                    await source.CopyToAsync(target, 1024 * 1024, cancellationToken).ConfigureAwait(false);
-                    target.Flush(flushToDisk: true);
+                    await RandomAccess.WriteAsync(target, buffer.AsMemory(0, n), offset, ct).ConfigureAwait(false);
+                    offset += n;
                 }
-
-                cancellationToken.ThrowIfCancellationRequested();
-                File.Move(temp, destination, overwrite: true);
-            }
-            catch
-            {
-                TryDelete(temp);
-                throw;
-            }
-
-            FlushFolder(folder);
+            }, cancellationToken).ConfigureAwait(false);
         }
         catch (Exception e) when (Translate(e, "write", handle) is { } translated)
         {
             throw translated;
         }
+    }
+
+    /// <summary>
+    /// The atomic, durable write behind every put: <paramref name="write"/> fills a new temporary file in the
+    /// destination folder, which is flushed, renamed over the final name and followed by a flush of the folder.
+    /// On any failure the temporary file is removed. Exceptions are not translated here.
+    /// </summary>
+    private async Task WriteThroughTempAsync(StoreHandle handle, Func<SafeFileHandle, CancellationToken, Task> write, CancellationToken cancellationToken)
+    {
+        string path = PathOf(handle);
+        string folder = Path.GetDirectoryName(path)!;
+        string temp = Path.Combine(folder, $".{handle.Name}.{Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6))}.tmp");
+        cancellationToken.ThrowIfCancellationRequested();
+        CreateFolder(folder);
+        try
+        {
+            using (var file = File.OpenHandle(temp, FileMode.CreateNew, FileAccess.Write, FileShare.None))
+            {
+                await write(file, cancellationToken).ConfigureAwait(false);
+                RandomAccess.FlushToDisk(file);
+            }
+
+            cancellationToken.ThrowIfCancellationRequested();
+            File.Move(temp, path, overwrite: true);
+        }
+        catch
+        {
+            TryDelete(temp);
+            throw;
+        }
+
+        FlushFolder(folder);
     }
 
     private const int Exdev = 18;

@@ -18,13 +18,13 @@ namespace Haven.Cli.Tests;
 /// </summary>
 public sealed class ServerTests
 {
-    /// <summary>A running server and what its first start printed.</summary>
+    /// <summary>A running server and what it printed at start (on its first start, the administrator's token too).</summary>
     private sealed class RunningServer : IDisposable
     {
         private readonly Process _process;
         private readonly Task<string> _stderr;
 
-        public RunningServer(HavenCli cli, string? database)
+        public RunningServer(HavenCli cli, string? database, bool firstStart = true)
         {
             Data = Path.Combine(cli.Root, "server");
             var args = new List<string> { "server", "--data", Data, "--listen", "127.0.0.1:0" };
@@ -36,7 +36,8 @@ public sealed class ServerTests
             _process = cli.Start([.. args]);
             _stderr = _process.StandardError.ReadToEndAsync();
             var deadline = DateTime.UtcNow.AddSeconds(60);
-            while (Token is null)
+            var output = new List<string>();
+            while (firstStart ? Token is null : Fingerprint is null)
             {
                 var line = _process.StandardOutput.ReadLine();
                 if (line is null || DateTime.UtcNow > deadline)
@@ -44,6 +45,7 @@ public sealed class ServerTests
                     throw new InvalidOperationException("the server did not start: " + _stderr.Result);
                 }
 
+                output.Add(line);
                 if (line.StartsWith("Haven server ", StringComparison.Ordinal))
                 {
                     Url = line[(line.IndexOf(" on ", StringComparison.Ordinal) + 4)..].Trim();
@@ -58,13 +60,20 @@ public sealed class ServerTests
                 }
             }
 
+            Output = string.Join('\n', output);
             cli.Environment["HAVEN_SERVER"] = Url!;
             cli.Environment["HAVEN_SERVER_CA"] = Fingerprint!;
-            cli.Environment["HAVEN_ADMIN_TOKEN"] = Token!;
+            if (Token is not null)
+            {
+                cli.Environment["HAVEN_ADMIN_TOKEN"] = Token;
+            }
+
             _ = Task.Run(() => _process.StandardOutput.ReadToEnd());
         }
 
         public string Data { get; }
+
+        public string Output { get; }
 
         public string? Url { get; private set; }
 
@@ -349,7 +358,7 @@ public sealed class ServerTests
         }
 
         // The second start finds the schema in place and creates no second administrator.
-        using (var again = new RunningServerNoBootstrap(cli, data))
+        using (var again = new RunningServer(cli, null, firstStart: false))
         {
             Assert.Contains("listening on", again.Output);
         }
@@ -371,38 +380,5 @@ public sealed class ServerTests
         Assert.Equal(ExitCodes.UnsupportedFormat, refused.ExitCode);
         Assert.Contains("schema version 999", refused.Stderr);
         Assert.DoesNotContain("   at ", refused.Stderr);
-    }
-
-    /// <summary>Starts a server on an existing data folder and collects its start-up output.</summary>
-    private sealed class RunningServerNoBootstrap : IDisposable
-    {
-        private readonly Process _process;
-
-        public RunningServerNoBootstrap(HavenCli cli, string data)
-        {
-            _process = cli.Start("server", "--data", data, "--listen", "127.0.0.1:0");
-            var lines = new List<string>();
-            string? line;
-            while ((line = _process.StandardOutput.ReadLine()) is not null)
-            {
-                lines.Add(line);
-                if (line.Contains("CA fingerprint", StringComparison.Ordinal))
-                {
-                    break;
-                }
-            }
-
-            Thread.Sleep(300);
-            Output = string.Join('\n', lines);
-        }
-
-        public string Output { get; }
-
-        public void Dispose()
-        {
-            _process.Kill(entireProcessTree: true);
-            _process.WaitForExit();
-            _process.Dispose();
-        }
     }
 }

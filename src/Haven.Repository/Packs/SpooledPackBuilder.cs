@@ -45,7 +45,18 @@ public sealed class SpooledPackBuilder : IPackBuilder, IDisposable
     {
         _aead = aead;
         FilePath = Path.Combine(folder, $"{Prefix}{Environment.ProcessId}-{Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(8))}{Suffix}");
-        _file = Guard(() => File.OpenHandle(FilePath, FileMode.CreateNew, FileAccess.Write, FileShare.Read));
+        try
+        {
+            _file = File.OpenHandle(FilePath, FileMode.CreateNew, FileAccess.Write, FileShare.Read);
+        }
+        catch (IOException e)
+        {
+            throw SpoolError(e);
+        }
+        catch (UnauthorizedAccessException e)
+        {
+            throw new StoreException(StoreErrorKind.AccessDenied, $"cannot create the pack spool file {FilePath}: {e.Message}", e);
+        }
     }
 
     /// <summary>The spool file; after <see cref="Finish"/> it holds the whole pack.</summary>
@@ -88,22 +99,6 @@ public sealed class SpooledPackBuilder : IPackBuilder, IDisposable
         }
 
         _hash.AppendData(bytes);
-    }
-
-    private T Guard<T>(Func<T> open)
-    {
-        try
-        {
-            return open();
-        }
-        catch (IOException e)
-        {
-            throw SpoolError(e);
-        }
-        catch (UnauthorizedAccessException e)
-        {
-            throw new StoreException(StoreErrorKind.AccessDenied, $"cannot create the pack spool file {FilePath}: {e.Message}", e);
-        }
     }
 
     private StoreException SpoolError(IOException e) =>

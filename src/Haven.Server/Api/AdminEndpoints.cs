@@ -17,10 +17,10 @@ internal static class AdminEndpoints
 {
     public static void Map(IEndpointRouteBuilder app)
     {
-        app.MapGet("/api/v1/health", (CertificateAuthority ca) => Api.Ok(new HealthInfo("ok", ServerInfo.Version, ca.Fingerprint)));
+        app.MapGet("/api/v1/health", (CertificateAuthority ca) => ApiResults.Ok(new HealthInfo("ok", ServerInfo.Version, ca.Fingerprint)));
         app.MapGet("/api/v1/ca", (CertificateAuthority ca) => Results.Text(ca.CertificatePem, "application/x-pem-file"));
         app.MapPost("/api/v1/auth/token", LoginAsync);
-        app.MapGet("/api/v1/me", (HttpContext context) => { var a = context.Admin(); return Api.Ok(new { a.Id, a.Name, a.Role, a.TenantId }); });
+        app.MapGet("/api/v1/me", (HttpContext context) => { var a = context.Admin(); return ApiResults.Ok(new { a.Id, a.Name, a.Role, a.TenantId }); });
 
         app.MapGet("/api/v1/tenants", ListTenantsAsync);
         app.MapPost("/api/v1/tenants", CreateTenantAsync);
@@ -51,7 +51,7 @@ internal static class AdminEndpoints
         await db.ExecuteAsync("INSERT INTO api_tokens (id, admin_id, token_hash, created) VALUES (@id, @adminId, @hash, @now)",
             new { id = Secrets.NewId(), adminId = admin.Id, hash = Secrets.HashToken(token), now = Clock.Format(time.GetUtcNow()) }, context.RequestAborted).ConfigureAwait(false);
         await audit.WriteAsync($"admin:{request.Name}", admin.TenantId, "admin.login", "API token issued", context.RequestAborted).ConfigureAwait(false);
-        return Api.Ok(new LoginResponse(token, admin.Id, admin.Role, admin.TenantId));
+        return ApiResults.Ok(new LoginResponse(token, admin.Id, admin.Role, admin.TenantId));
     }
 
     private static readonly string DummyHash = Secrets.HashPassword(Secrets.NewPassword());
@@ -64,7 +64,7 @@ internal static class AdminEndpoints
         var rows = await db.QueryAsync<TenantRow>(
             admin.IsProvider ? "SELECT id AS Id, name AS Name, created AS Created FROM tenants ORDER BY name" : "SELECT id AS Id, name AS Name, created AS Created FROM tenants WHERE id = @tenant ORDER BY name",
             new { tenant = admin.TenantId }, context.RequestAborted).ConfigureAwait(false);
-        return Api.Ok(rows.Select(r => new TenantInfo(r.Id, r.Name, Clock.Parse(r.Created))).ToList());
+        return ApiResults.Ok(rows.Select(r => new TenantInfo(r.Id, r.Name, Clock.Parse(r.Created))).ToList());
     }
 
     private static async Task<IResult> CreateTenantAsync(HttpContext context, CreateTenantRequest request, ManagementDb db, Audit audit, TimeProvider time)
@@ -72,12 +72,12 @@ internal static class AdminEndpoints
         var admin = context.Admin();
         if (!admin.IsProvider)
         {
-            return Api.Forbidden("only the provider's administrators create tenants");
+            return ApiResults.Forbidden("only the provider's administrators create tenants");
         }
 
-        if (!Api.IsValidName(request.Name))
+        if (!ApiResults.IsValidName(request.Name))
         {
-            return Api.BadRequest($"'{request.Name}' is not a valid tenant name", "use 1-64 letters, digits, '.', '_', '-'");
+            return ApiResults.BadRequest($"'{request.Name}' is not a valid tenant name", "use 1-64 letters, digits, '.', '_', '-'");
         }
 
         var tenant = new TenantInfo(Secrets.NewId(), request.Name, time.GetUtcNow());
@@ -87,24 +87,24 @@ internal static class AdminEndpoints
         }
         catch (System.Data.Common.DbException)
         {
-            return Api.Error(StatusCodes.Status409Conflict, "conflict", $"a tenant named {request.Name} exists");
+            return ApiResults.Error(StatusCodes.Status409Conflict, "conflict", $"a tenant named {request.Name} exists");
         }
 
         await audit.WriteAsync($"admin:{admin.Name}", tenant.Id, "tenant.create", $"tenant {tenant.Name} created", context.RequestAborted).ConfigureAwait(false);
-        return Api.Created(tenant);
+        return ApiResults.Created(tenant);
     }
 
     private static async Task<IResult> ListClientsAsync(HttpContext context, string tenant, ManagementDb db)
     {
         if (!context.Admin().CanRead(tenant))
         {
-            return Api.NotFound($"tenant {tenant}");
+            return ApiResults.NotFound($"tenant {tenant}");
         }
 
         var rows = await db.QueryAsync<ClientRow>(
             "SELECT id AS Id, tenant_id AS TenantId, name AS Name, hostname AS Hostname, enrolled AS Enrolled, last_seen AS LastSeen, cert_fingerprint AS CertFingerprint, cert_not_after AS CertNotAfter, revoked AS Revoked FROM clients WHERE tenant_id = @tenant ORDER BY name",
             new { tenant }, context.RequestAborted).ConfigureAwait(false);
-        return Api.Ok(rows.Select(r => r.ToInfo()).ToList());
+        return ApiResults.Ok(rows.Select(r => r.ToInfo()).ToList());
     }
 
     private static async Task<IResult> RevokeClientAsync(HttpContext context, string tenant, string client, ManagementDb db, Audit audit, TimeProvider time)
@@ -112,12 +112,12 @@ internal static class AdminEndpoints
         var admin = context.Admin();
         if (!admin.CanRead(tenant))
         {
-            return Api.NotFound($"tenant {tenant}");
+            return ApiResults.NotFound($"tenant {tenant}");
         }
 
         if (!admin.CanWrite(tenant))
         {
-            return Api.Forbidden("viewers cannot revoke clients");
+            return ApiResults.Forbidden("viewers cannot revoke clients");
         }
 
         string now = Clock.Format(time.GetUtcNow());
@@ -129,11 +129,11 @@ internal static class AdminEndpoints
         }, context.RequestAborted).ConfigureAwait(false);
         if (changed == 0)
         {
-            return Api.NotFound($"client {client} (or it is revoked already)");
+            return ApiResults.NotFound($"client {client} (or it is revoked already)");
         }
 
         await audit.WriteAsync($"admin:{admin.Name}", tenant, "client.revoke", $"client {client} revoked", context.RequestAborted).ConfigureAwait(false);
-        return Api.Ok(new { revoked = client });
+        return ApiResults.Ok(new { revoked = client });
     }
 
     private static async Task<IResult> CreateTokenAsync(HttpContext context, string tenant, CreateEnrollmentTokenRequest request, ManagementDb db, CertificateAuthority ca, Audit audit, TimeProvider time)
@@ -141,23 +141,23 @@ internal static class AdminEndpoints
         var admin = context.Admin();
         if (!admin.CanRead(tenant))
         {
-            return Api.NotFound($"tenant {tenant}");
+            return ApiResults.NotFound($"tenant {tenant}");
         }
 
         if (!admin.CanWrite(tenant))
         {
-            return Api.Forbidden("viewers cannot create enrolment tokens");
+            return ApiResults.Forbidden("viewers cannot create enrolment tokens");
         }
 
         bool exists = await db.QuerySingleOrDefaultAsync<string>("SELECT id FROM tenants WHERE id = @tenant", new { tenant }, context.RequestAborted).ConfigureAwait(false) is not null;
         if (!exists)
         {
-            return Api.NotFound($"tenant {tenant}");
+            return ApiResults.NotFound($"tenant {tenant}");
         }
 
-        if (request.ClientName is not null && !Api.IsValidName(request.ClientName))
+        if (request.ClientName is not null && !ApiResults.IsValidName(request.ClientName))
         {
-            return Api.BadRequest($"'{request.ClientName}' is not a valid client name", "use 1-64 letters, digits, '.', '_', '-'");
+            return ApiResults.BadRequest($"'{request.ClientName}' is not a valid client name", "use 1-64 letters, digits, '.', '_', '-'");
         }
 
         int uses = request.ClientName is not null ? 1 : Math.Clamp(request.Uses ?? 1, 1, 100_000);
@@ -169,19 +169,19 @@ internal static class AdminEndpoints
             new { id = info.Id, tenant, hash = token.SecretHash, name = request.ClientName, uses, expires = Clock.Format(info.Expires), by = admin.Id, now = Clock.Format(time.GetUtcNow()) },
             context.RequestAborted).ConfigureAwait(false);
         await audit.WriteAsync($"admin:{admin.Name}", tenant, "token.create", $"enrolment token {info.Id[..8]} for {request.ClientName ?? $"{uses} client(s)"} until {Clock.Format(info.Expires)}", context.RequestAborted).ConfigureAwait(false);
-        return Api.Created(info);
+        return ApiResults.Created(info);
     }
 
     private static async Task<IResult> ListAdminsAsync(HttpContext context, string tenant, ManagementDb db)
     {
         if (!context.Admin().CanRead(tenant))
         {
-            return Api.NotFound($"tenant {tenant}");
+            return ApiResults.NotFound($"tenant {tenant}");
         }
 
         var rows = await db.QueryAsync<AdminRow>(
             "SELECT id AS Id, name AS Name, tenant_id AS TenantId, role AS Role, created AS Created FROM admins WHERE tenant_id = @tenant ORDER BY name", new { tenant }, context.RequestAborted).ConfigureAwait(false);
-        return Api.Ok(rows.Select(r => new AdminInfo(r.Id, r.Name, r.TenantId, r.Role, Clock.Parse(r.Created))).ToList());
+        return ApiResults.Ok(rows.Select(r => new AdminInfo(r.Id, r.Name, r.TenantId, r.Role, Clock.Parse(r.Created))).ToList());
     }
 
     private static async Task<IResult> CreateAdminAsync(HttpContext context, CreateAdminRequest request, ManagementDb db, Audit audit, TimeProvider time)
@@ -189,19 +189,19 @@ internal static class AdminEndpoints
         var admin = context.Admin();
         if (!Roles.IsKnown(request.Role))
         {
-            return Api.BadRequest($"'{request.Role}' is not a role", "roles: provider, admin, viewer");
+            return ApiResults.BadRequest($"'{request.Role}' is not a role", "roles: provider, admin, viewer");
         }
 
         if (request.Role == Roles.Provider ? !admin.IsProvider : request.TenantId is null || !admin.CanWrite(request.TenantId))
         {
             return request.TenantId is not null && !admin.CanRead(request.TenantId)
-                ? Api.NotFound($"tenant {request.TenantId}")
-                : Api.Forbidden("you cannot create administrators with that role or tenant");
+                ? ApiResults.NotFound($"tenant {request.TenantId}")
+                : ApiResults.Forbidden("you cannot create administrators with that role or tenant");
         }
 
-        if (!Api.IsValidName(request.Name) || (request.Password?.Length ?? 0) < 12)
+        if (!ApiResults.IsValidName(request.Name) || (request.Password?.Length ?? 0) < 12)
         {
-            return Api.BadRequest("the name must be 1-64 letters, digits, '.', '_', '-' and the password at least 12 characters");
+            return ApiResults.BadRequest("the name must be 1-64 letters, digits, '.', '_', '-' and the password at least 12 characters");
         }
 
         var info = new AdminInfo(Secrets.NewId(), request.Name, request.Role == Roles.Provider ? null : request.TenantId, request.Role, time.GetUtcNow());
@@ -212,18 +212,18 @@ internal static class AdminEndpoints
         }
         catch (System.Data.Common.DbException)
         {
-            return Api.Error(StatusCodes.Status409Conflict, "conflict", $"an administrator named {request.Name} exists, or the tenant does not");
+            return ApiResults.Error(StatusCodes.Status409Conflict, "conflict", $"an administrator named {request.Name} exists, or the tenant does not");
         }
 
         await audit.WriteAsync($"admin:{admin.Name}", info.TenantId, "admin.create", $"administrator {info.Name} ({info.Role}) created", context.RequestAborted).ConfigureAwait(false);
-        return Api.Created(info);
+        return ApiResults.Created(info);
     }
 
     private static async Task<IResult> ListAuthFailuresAsync(HttpContext context, ManagementDb db, int? limit)
     {
         if (!context.Admin().IsProvider)
         {
-            return Api.Forbidden("authentication failures are visible to the provider's administrators only (they cannot be told apart by tenant)");
+            return ApiResults.Forbidden("authentication failures are visible to the provider's administrators only (they cannot be told apart by tenant)");
         }
 
         var rows = await db.QueryAsync<AuthFailureRow>(
@@ -233,7 +233,7 @@ internal static class AdminEndpoints
             FROM auth_failures ORDER BY id DESC LIMIT @limit
             """,
             new { limit = Math.Clamp(limit ?? 100, 1, 10_000) }, context.RequestAborted).ConfigureAwait(false);
-        return Api.Ok(rows.Select(r => new AuthFailureInfo(r.Id, Clock.Parse(r.Time), r.Kind, r.Reason, r.RemoteAddress, (int)r.RemotePort, r.ForwardedFor, r.CertFingerprint, r.CertSubject, r.ServerName, r.UserAgent, r.Path)).ToList());
+        return ApiResults.Ok(rows.Select(r => new AuthFailureInfo(r.Id, Clock.Parse(r.Time), r.Kind, r.Reason, r.RemoteAddress, (int)r.RemotePort, r.ForwardedFor, r.CertFingerprint, r.CertSubject, r.ServerName, r.UserAgent, r.Path)).ToList());
     }
 
     private static async Task<IResult> ListAuditAsync(HttpContext context, ManagementDb db, int? limit)
@@ -245,7 +245,7 @@ internal static class AdminEndpoints
                 ? $"SELECT {columns} FROM audit_log ORDER BY id DESC LIMIT @limit"
                 : $"SELECT {columns} FROM audit_log WHERE tenant_id = @tenant ORDER BY id DESC LIMIT @limit",
             new { tenant = admin.TenantId, limit = Math.Clamp(limit ?? 100, 1, 10_000) }, context.RequestAborted).ConfigureAwait(false);
-        return Api.Ok(rows.Select(r => new AuditEntry(r.Id, Clock.Parse(r.Time), r.Actor, r.TenantId, r.Action, r.Detail)).ToList());
+        return ApiResults.Ok(rows.Select(r => new AuditEntry(r.Id, Clock.Parse(r.Time), r.Actor, r.TenantId, r.Action, r.Detail)).ToList());
     }
 
     private sealed record LoginRow(string Id, string Role, string? TenantId, string PasswordHash);

@@ -50,7 +50,7 @@ internal static class AgentEndpoints
         }
         catch (HavenException e) when (e.Code == ErrorCode.Usage)
         {
-            return Api.BadRequest(e.Message);
+            return ApiResults.BadRequest(e.Message);
         }
 
         Task<(string? Reason, EnrollResponse? Response, int Status)> EnrollInTransactionAsync() => db.InTransactionAsync<(string? Reason, EnrollResponse? Response, int Status)>(async (c, tx) =>
@@ -74,7 +74,7 @@ internal static class AgentEndpoints
             }
 
             string name = row.ClientName ?? request.ClientName ?? request.Hostname;
-            if (!Api.IsValidName(name))
+            if (!ApiResults.IsValidName(name))
             {
                 return ($"'{name}' is not a valid client name (1-64 letters, digits, '.', '_', '-')", null, 400);
             }
@@ -110,11 +110,11 @@ internal static class AgentEndpoints
                 return await Refuse(outcome.Reason!).ConfigureAwait(false);
             }
 
-            return Api.Error(outcome.Status, outcome.Status == 409 ? "conflict" : "bad_request", outcome.Reason!);
+            return ApiResults.Error(outcome.Status, outcome.Status == 409 ? "conflict" : "bad_request", outcome.Reason!);
         }
 
         await audit.WriteAsync($"client:{clientId}", outcome.Response.TenantId, "client.enrol", $"client {outcome.Response.ClientName} enrolled from {context.Connection.RemoteIpAddress}", ct).ConfigureAwait(false);
-        return Api.Ok(outcome.Response);
+        return ApiResults.Ok(outcome.Response);
     }
 
     private static async Task<IResult> ReadyAsync(HttpContext context, ReadyRequest request, ManagementDb db, TimeProvider time)
@@ -123,7 +123,7 @@ internal static class AgentEndpoints
         var now = time.GetUtcNow();
         await db.ExecuteAsync("UPDATE clients SET last_seen = @now, hostname = @hostname WHERE id = @id", new { now = Clock.Format(now), hostname = request.Hostname, id = agent.ClientId }, context.RequestAborted).ConfigureAwait(false);
         bool renew = agent.CertificateNotAfter - now < CertificateAuthority.RenewBefore;
-        return Api.Ok(new ReadyResponse(agent.ClientId, agent.Name, agent.TenantId, now, agent.CertificateNotAfter, renew));
+        return ApiResults.Ok(new ReadyResponse(agent.ClientId, agent.Name, agent.TenantId, now, agent.CertificateNotAfter, renew));
     }
 
     private static async Task<IResult> RenewAsync(HttpContext context, RenewRequest request, ManagementDb db, CertificateAuthority ca, Audit audit, TimeProvider time)
@@ -138,7 +138,7 @@ internal static class AgentEndpoints
         }
         catch (HavenException e)
         {
-            return Api.BadRequest(e.Message);
+            return ApiResults.BadRequest(e.Message);
         }
 
         await db.InTransactionAsync(async (c, tx) =>
@@ -152,7 +152,7 @@ internal static class AgentEndpoints
             return 0;
         }, context.RequestAborted).ConfigureAwait(false);
         await audit.WriteAsync($"client:{agent.ClientId}", agent.TenantId, "client.renew", $"certificate renewed until {Clock.Format(issued.NotAfter)}", context.RequestAborted).ConfigureAwait(false);
-        return Api.Ok(new RenewResponse(issued.Pem, issued.NotAfter));
+        return ApiResults.Ok(new RenewResponse(issued.Pem, issued.NotAfter));
     }
 
     private sealed record X509Result(string Fingerprint, string Serial, DateTimeOffset NotAfter, string Pem);

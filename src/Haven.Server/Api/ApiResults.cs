@@ -5,7 +5,7 @@ using Microsoft.AspNetCore.Http;
 namespace Haven.Server.Api;
 
 /// <summary>Answers in the protocol's JSON, and the principals the authentication middleware attached.</summary>
-internal static class Api
+internal static class ApiResults
 {
     public static IResult Ok<T>(T value) => Results.Json(value, ProtocolJson.Options);
 

@@ -42,7 +42,8 @@ public sealed class ManagementDb
     {
         if (string.IsNullOrWhiteSpace(database))
         {
-            var builder = new SqliteConnectionStringBuilder { DataSource = sqlitePath, Cache = SqliteCacheMode.Default, Pooling = true, DefaultTimeout = 30 };
+            // DefaultTimeout also bounds how long a command retries while another connection holds the write lock.
+            var builder = new SqliteConnectionStringBuilder { DataSource = sqlitePath, Cache = SqliteCacheMode.Default, Pooling = true, DefaultTimeout = 30, ForeignKeys = true };
             return new ManagementDb(SqlDialect.Sqlite, builder.ToString(), $"SQLite {sqlitePath}");
         }
 
@@ -87,12 +88,6 @@ public sealed class ManagementDb
         try
         {
             await connection.OpenAsync(ct).ConfigureAwait(false);
-            if (Dialect == SqlDialect.Sqlite)
-            {
-                // WAL lets readers run beside the one writer; the busy timeout waits out short write locks.
-                await connection.ExecuteAsync("PRAGMA journal_mode=WAL; PRAGMA busy_timeout=10000; PRAGMA foreign_keys=ON;").ConfigureAwait(false);
-            }
-
             return connection;
         }
         catch (Exception e) when (e is SqliteException or NpgsqlException or System.Net.Sockets.SocketException)
@@ -133,5 +128,15 @@ public sealed class ManagementDb
     }
 
     /// <summary>Brings the schema to the newest version this server knows; refuses a database from a newer server.</summary>
-    public Task<int> MigrateAsync(CancellationToken ct) => Migrations.ApplyAsync(this, ct);
+    public async Task<int> MigrateAsync(CancellationToken ct)
+    {
+        if (Dialect == SqlDialect.Sqlite)
+        {
+            // WAL lets readers run beside the one writer. The mode is kept in the database file, so once is enough.
+            await using var c = await ConnectAsync(ct).ConfigureAwait(false);
+            await c.ExecuteAsync("PRAGMA journal_mode=WAL").ConfigureAwait(false);
+        }
+
+        return await Migrations.ApplyAsync(this, ct).ConfigureAwait(false);
+    }
 }

@@ -22,12 +22,30 @@ public sealed partial class AuthFailures(ManagementDb db, TimeProvider time, ILo
 
     private readonly ConcurrentDictionary<IPAddress, Counter> _counters = new();
 
+    /// <summary>Failures of one address in the current window. Callers lock it.</summary>
     private sealed class Counter
     {
         public long WindowStart;
         public int Count;
         public bool LimitRecorded;
+
+        /// <summary>Starts a new window when the current one is over; true if it did.</summary>
+        public bool RestartIfOver(TimeProvider time)
+        {
+            if (time.GetElapsedTime(WindowStart) <= Window)
+            {
+                return false;
+            }
+
+            WindowStart = time.GetTimestamp();
+            Count = 0;
+            LimitRecorded = false;
+            return true;
+        }
     }
+
+    /// <summary>Past this many addresses, counters whose window is over are dropped, so scans from many addresses cannot grow the table without end.</summary>
+    private const int SweepAbove = 10_000;
 
     /// <summary>True when the caller's address has failed too often lately; the caller answers 429 and closes.</summary>
     public async Task<bool> IsLimitedAsync(HttpContext context)
@@ -41,15 +59,7 @@ public sealed partial class AuthFailures(ManagementDb db, TimeProvider time, ILo
         bool recordNow;
         lock (counter)
         {
-            if (time.GetElapsedTime(counter.WindowStart) > Window)
-            {
-                counter.WindowStart = time.GetTimestamp();
-                counter.Count = 0;
-                counter.LimitRecorded = false;
-                return false;
-            }
-
-            if (counter.Count < Limit)
+            if (counter.RestartIfOver(time) || counter.Count < Limit)
             {
                 return false;
             }
@@ -70,16 +80,21 @@ public sealed partial class AuthFailures(ManagementDb db, TimeProvider time, ILo
     public async Task RecordAsync(HttpContext context, string kind, string reason)
     {
         var address = context.Connection.RemoteIpAddress ?? IPAddress.None;
+        if (_counters.Count > SweepAbove)
+        {
+            foreach (var (key, old) in _counters)
+            {
+                if (time.GetElapsedTime(old.WindowStart) > Window)
+                {
+                    _counters.TryRemove(key, out _);
+                }
+            }
+        }
+
         var counter = _counters.GetOrAdd(address, _ => new Counter { WindowStart = time.GetTimestamp() });
         lock (counter)
         {
-            if (time.GetElapsedTime(counter.WindowStart) > Window)
-            {
-                counter.WindowStart = time.GetTimestamp();
-                counter.Count = 0;
-                counter.LimitRecorded = false;
-            }
-
+            counter.RestartIfOver(time);
             counter.Count++;
         }
 

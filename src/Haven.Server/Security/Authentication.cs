@@ -30,7 +30,7 @@ public sealed class Authentication(RequestDelegate next, ManagementDb db, Certif
         {
             if (path is "/api/v1/enroll" or "/api/v1/auth/token" && await failures.IsLimitedAsync(context).ConfigureAwait(false))
             {
-                await RefuseAsync(context, StatusCodes.Status429TooManyRequests, "rate_limited", "too many failed attempts from this address; wait a minute").ConfigureAwait(false);
+                await RefuseLimitedAsync(context).ConfigureAwait(false);
                 return;
             }
 
@@ -70,13 +70,16 @@ public sealed class Authentication(RequestDelegate next, ManagementDb db, Certif
     {
         if (await failures.IsLimitedAsync(context).ConfigureAwait(false))
         {
-            await RefuseAsync(context, StatusCodes.Status429TooManyRequests, "rate_limited", "too many failed attempts from this address; wait a minute").ConfigureAwait(false);
+            await RefuseLimitedAsync(context).ConfigureAwait(false);
             return;
         }
 
         await failures.RecordAsync(context, kind, reason).ConfigureAwait(false);
         await RefuseAsync(context, StatusCodes.Status401Unauthorized, "unauthenticated", reason).ConfigureAwait(false);
     }
+
+    private static Task RefuseLimitedAsync(HttpContext context) =>
+        RefuseAsync(context, StatusCodes.Status429TooManyRequests, "rate_limited", "too many failed attempts from this address; wait a minute");
 
     /// <summary>Answers with an error and closes the connection once the answer is out.</summary>
     public static async Task RefuseAsync(HttpContext context, int status, string error, string message)
