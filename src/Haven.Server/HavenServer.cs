@@ -79,7 +79,16 @@ public sealed class HavenServer : IAsyncDisposable
     public static async Task<HavenServer> StartAsync(ServerOptions options, CancellationToken ct)
     {
         var endpoint = ParseListen(options.Listen);
-        Directory.CreateDirectory(options.DataDirectory);
+        try
+        {
+            Directory.CreateDirectory(options.DataDirectory);
+            Directory.CreateDirectory(Path.Combine(options.DataDirectory, "ca"));
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new HavenException(e is UnauthorizedAccessException ? ErrorCode.AccessDenied : ErrorCode.Failed, $"cannot create the server's data folder {options.DataDirectory}: {e.Message}", "choose a writable folder with --data (or HAVEN_SERVER_DATA)", e);
+        }
+
         var time = options.Time;
         var db = ManagementDb.Open(options.Database, Path.Combine(options.DataDirectory, "haven.db"));
         await db.MigrateAsync(ct).ConfigureAwait(false);
@@ -97,6 +106,8 @@ public sealed class HavenServer : IAsyncDisposable
         builder.Services.AddSingleton(ca);
         builder.Services.AddSingleton<AuthFailures>();
         builder.Services.AddSingleton<Audit>();
+        // A body that does not bind (malformed JSON, wrong types) throws, so the handler below answers it as JSON.
+        builder.Services.Configure<Microsoft.AspNetCore.Routing.RouteHandlerOptions>(o => o.ThrowOnBadRequest = true);
         // Request bodies bind with the protocol's settings (answers are written with ProtocolJson.Options directly).
         builder.Services.ConfigureHttpJsonOptions(o =>
         {
@@ -131,13 +142,27 @@ public sealed class HavenServer : IAsyncDisposable
                 if (!context.Response.HasStarted)
                 {
                     context.Response.StatusCode = e.StatusCode;
-                    await context.Response.WriteAsJsonAsync(new ApiError("bad_request", e.Message), ProtocolJson.Options).ConfigureAwait(false);
+                    string message = $"the request body of {context.Request.Method} {context.Request.Path} is missing or is not the JSON it takes";
+                    await context.Response.WriteAsJsonAsync(new ApiError("bad_request", message, e.Message), ProtocolJson.Options).ConfigureAwait(false);
                 }
+
+                return;
+            }
+
+            // Answers that routing made without an endpoint (no such path, wrong method, body that is not JSON).
+            if (!context.Response.HasStarted && context.Response.StatusCode is 404 or 405 or 415)
+            {
+                var (error, message) = context.Response.StatusCode switch
+                {
+                    404 => ("not_found", $"{context.Request.Method} {context.Request.Path} does not exist"),
+                    405 => ("method_not_allowed", $"{context.Request.Path} does not take {context.Request.Method}"),
+                    _ => ("unsupported_media_type", "send the request body as JSON (Content-Type: application/json)"),
+                };
+                await context.Response.WriteAsJsonAsync(new ApiError(error, message), ProtocolJson.Options).ConfigureAwait(false);
             }
         });
         AdminEndpoints.Map(app);
         AgentEndpoints.Map(app);
-        app.MapFallback((HttpContext c) => ApiResults.NotFound($"{c.Request.Method} {c.Request.Path}"));
 
         try
         {
