@@ -2,6 +2,8 @@ using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
 using Haven.Core;
 using Haven.Protocol;
+using Haven.Repository.Crypto;
+using Haven.Storage;
 
 namespace Haven.Agent;
 
@@ -27,7 +29,7 @@ public static class AgentClient
         using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
         string csr = NewCsr(key);
         using var api = await ApiClient.ConnectAsync(server, token.CaFingerprint, ct: ct).ConfigureAwait(false);
-        var response = await api.PostAsync<EnrollResponse>("api/v1/enroll", new EnrollRequest(tokenText.Trim(), csr, Environment.MachineName, clientName, AgentVersion), ct).ConfigureAwait(false);
+        var response = await api.PostAsync<EnrollResponse>("api/v1/enroll", new EnrollRequest(token.ServerPart, csr, Environment.MachineName, clientName, AgentVersion), ct).ConfigureAwait(false);
 
         using var ca = X509Certificate2.CreateFromPem(response.CaPem);
         if (!CryptographicOperations.FixedTimeEquals(Pinning.FingerprintBytes(ca), token.CaFingerprint))
@@ -37,7 +39,40 @@ public static class AgentClient
 
         var identity = new AgentIdentity(server.ToString(), Convert.ToHexStringLower(token.CaFingerprint), response.ClientId, response.TenantId, response.ClientName, DateTimeOffset.UtcNow);
         state.Save(identity, key.ExportPkcs8PrivateKeyPem(), response.CertificatePem, response.CaPem);
+        if (response.RepositoryKeyId is { } keyId && token.KeyPassword is { } secret)
+        {
+            await CheckRepositoryKeyAsync(state, keyId, secret, ct).ConfigureAwait(false);
+            state.SaveRepositoryKey(keyId, secret);
+        }
+
         return identity;
+    }
+
+    /// <summary>Fetches the key file named at enrolment and checks that the token's key secret opens it.</summary>
+    private static async Task CheckRepositoryKeyAsync(AgentState state, string keyId, string secret, CancellationToken ct)
+    {
+        await using var store = OpenRepositoryStore(state);
+        byte[] bytes;
+        try
+        {
+            bytes = await store.GetAsync(new StoreHandle(FileKind.Key, keyId), ct).ConfigureAwait(false);
+        }
+        catch (StoreException e)
+        {
+            throw new HavenException(ErrorCode.NotFound, $"the repository key named in the token cannot be fetched: {e.Message}", "ask the administrator for a new token", e);
+        }
+
+        if (KeyFile.Parse(bytes, keyId).TryOpen(secret) is null)
+        {
+            throw new HavenException(ErrorCode.WrongPassword, "the key secret in the enrolment token does not open the tenant's repository key", "the token was changed or cut short: ask the administrator for a new one");
+        }
+    }
+
+    /// <summary>The tenant's repository on the server, as a store reached with the agent's certificate (append-only).</summary>
+    public static HttpStore OpenRepositoryStore(AgentState state)
+    {
+        var identity = state.LoadIdentity();
+        return new HttpStore($"haven:agent ({identity.ServerUrl}, client {identity.ClientName})", _ => Task.FromResult((Connect(state), HttpStore.AgentBasePath)));
     }
 
     /// <summary>An API client authenticated by the agent's certificate.</summary>

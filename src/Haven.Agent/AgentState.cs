@@ -15,6 +15,9 @@ public sealed record AgentIdentity(string ServerUrl, string CaFingerprint, strin
 /// a crash or a kill leaves the old or the new state, never a mix. It survives restarts; deleting it means
 /// enrolling again.
 /// </summary>
+/// <summary>The secret that opens one key file of the tenant's repository (docs/key-model.md).</summary>
+public sealed record RepositoryKeySecret(string KeyId, string Secret);
+
 public sealed class AgentState
 {
     public AgentState(string folder) => Folder = Path.GetFullPath(folder);
@@ -96,6 +99,30 @@ public sealed class AgentState
         SaveCertificate(keyPem, certificatePem);
         WriteAtomically(CaPath, caPem);
         WriteAtomically(IdentityPath, JsonSerializer.Serialize(identity, ProtocolJson.Options));
+    }
+
+    private string RepositoryKeyPath => Path.Combine(Folder, "repository-key.json");
+
+    /// <summary>Saves the secret that opens the tenant repository's key file <paramref name="keyId"/> (owner-only file).</summary>
+    public void SaveRepositoryKey(string keyId, string secret) =>
+        WriteAtomically(RepositoryKeyPath, JsonSerializer.Serialize(new RepositoryKeySecret(keyId, secret), ProtocolJson.Options), secret: true);
+
+    /// <summary>The repository key secret from enrolment, or null when the token carried none.</summary>
+    public RepositoryKeySecret? LoadRepositoryKey()
+    {
+        if (!File.Exists(RepositoryKeyPath))
+        {
+            return null;
+        }
+
+        try
+        {
+            return JsonSerializer.Deserialize<RepositoryKeySecret>(File.ReadAllText(RepositoryKeyPath), ProtocolJson.Options);
+        }
+        catch (Exception e) when (e is JsonException or IOException)
+        {
+            throw new HavenException(ErrorCode.Corrupt, $"{RepositoryKeyPath} cannot be read: {e.Message}", "enrol the agent again, or give the repository password another way");
+        }
     }
 
     public void SaveCertificate(string keyPem, string certificatePem) => WriteAtomically(CertificatePath, certificatePem.TrimEnd() + "\n" + keyPem.TrimEnd() + "\n", secret: true);

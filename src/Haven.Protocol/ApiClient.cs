@@ -50,6 +50,12 @@ public sealed class ApiClient : IDisposable
 
     public Uri Server => _http.BaseAddress!;
 
+    /// <summary>The connection, for callers that speak more than JSON (the repository store).</summary>
+    internal HttpClient Http => _http;
+
+    /// <summary>Why the server's certificate was refused on the last failed connection, or null.</summary>
+    internal string? PinFailure => _pinFailure;
+
     public Task<T> GetAsync<T>(string path, CancellationToken ct) => SendAsync<T>(HttpMethod.Get, path, null, ct);
 
     public Task<T> PostAsync<T>(string path, object? body, CancellationToken ct) => SendAsync<T>(HttpMethod.Post, path, body, ct);
@@ -110,7 +116,7 @@ public sealed class ApiClient : IDisposable
         }
     }
 
-    private static string Describe(HttpRequestException e) =>
+    internal static string Describe(HttpRequestException e) =>
         e.InnerException is AuthenticationException auth ? $"TLS failed ({auth.Message})" : e.InnerException?.Message ?? e.Message;
 
     public void Dispose() => _http.Dispose();

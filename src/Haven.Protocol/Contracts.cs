@@ -13,7 +13,7 @@ public sealed record ApiError(string Error, string Message, string? Hint = null)
 /// <summary>POST /api/v1/enroll: an agent with an enrolment token asks for a client certificate.</summary>
 public sealed record EnrollRequest(string Token, string CsrPem, string Hostname, string? ClientName = null, string? AgentVersion = null);
 
-public sealed record EnrollResponse(string ClientId, string TenantId, string ClientName, string CertificatePem, string CaPem, DateTimeOffset NotAfter);
+public sealed record EnrollResponse(string ClientId, string TenantId, string ClientName, string CertificatePem, string CaPem, DateTimeOffset NotAfter, string? RepositoryKeyId = null);
 
 /// <summary>POST /api/v1/agent/renew: a new certificate for the key in <see cref="CsrPem"/>, before the old one expires.</summary>
 public sealed record RenewRequest(string CsrPem);
@@ -35,9 +35,9 @@ public sealed record ClientInfo(string Id, string TenantId, string Name, string?
 /// POST /api/v1/tenants/{tenant}/enrollment-tokens. With a client name the token enrols that one client once; without,
 /// it enrols up to <see cref="Uses"/> clients of the tenant, each naming itself.
 /// </summary>
-public sealed record CreateEnrollmentTokenRequest(string? ClientName = null, int? Uses = null, long? ExpiresInSeconds = null);
+public sealed record CreateEnrollmentTokenRequest(string? ClientName = null, int? Uses = null, long? ExpiresInSeconds = null, string? RepositoryKeyId = null);
 
-public sealed record EnrollmentTokenInfo(string Id, string Token, string TenantId, string? ClientName, int Uses, DateTimeOffset Expires);
+public sealed record EnrollmentTokenInfo(string Id, string Token, string TenantId, string? ClientName, int Uses, DateTimeOffset Expires, string? RepositoryKeyId = null);
 
 public sealed record AdminInfo(string Id, string Name, string? TenantId, string Role, DateTimeOffset Created);
 
@@ -81,3 +81,23 @@ public static class ProtocolJson
         Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping,
     };
 }
+
+/// <summary>One file of a hosted repository, as a listing names it.</summary>
+public sealed record RepositoryFileInfo(string Name, long Size);
+
+/// <summary>Which of these blob ids (hex) does the tenant's repository hold?</summary>
+public sealed record CatalogQuery(IReadOnlyList<string> Ids);
+
+public sealed record CatalogAnswer(IReadOnlyList<string> Known);
+
+/// <summary>Packs an index file now names, with the blob ids in each.</summary>
+public sealed record CatalogRegistration(IReadOnlyList<CatalogPackInfo> Packs);
+
+public sealed record CatalogPackInfo(string Pack, IReadOnlyList<string> Blobs);
+
+public sealed record CatalogRegistered(int Packs, int Blobs, int UnknownPacks);
+
+/// <summary>A tenant's repository as the server sees it: bytes held, quota (null: none), whether it was initialised.</summary>
+public sealed record RepositoryInfo(string TenantId, bool Initialized, long UsageBytes, long? QuotaBytes);
+
+public sealed record SetQuotaRequest(long? QuotaBytes);

@@ -40,6 +40,9 @@ public sealed class BlobWriter : IAsyncDisposable
     private readonly Repository _repo;
     private readonly BlobWriterOptions _options;
     private readonly ConcurrentDictionary<ObjectId, byte> _inFlight = new();
+
+    /// <summary>Blobs the store's catalog said it holds (another writer stored them); see <see cref="IChunkCatalog"/>.</summary>
+    private readonly ConcurrentDictionary<ObjectId, byte> _catalogKnown = new();
     private readonly IPackBuilder?[] _builders = new IPackBuilder?[2];
     private readonly Lock _builderLock = new();
     private readonly SemaphoreSlim _uploads;
@@ -61,6 +64,9 @@ public sealed class BlobWriter : IAsyncDisposable
     private long _blobsAdded;
     private long _bytesAdded;
     private long _bytesStored;
+    private long _catalogBlobs;
+    private long _catalogBytes;
+    private long _catalogFailures;
 
     public BlobWriter(Repository repo, BlobWriterOptions? options = null)
     {
@@ -96,11 +102,20 @@ public sealed class BlobWriter : IAsyncDisposable
     /// <summary>Bytes those blobs take in packs (compressed and encrypted).</summary>
     public long BytesStored => Interlocked.Read(ref _bytesStored);
 
+    /// <summary>Blobs left out of packs because the store's catalog said it holds them already.</summary>
+    public long BlobsFoundInCatalog => Interlocked.Read(ref _catalogBlobs);
+
+    /// <summary>Plaintext bytes of those blobs: what did not travel.</summary>
+    public long BytesFoundInCatalog => Interlocked.Read(ref _catalogBytes);
+
+    /// <summary>Catalog calls that failed (the writer then sent the data, or registered nothing).</summary>
+    public long CatalogFailures => Interlocked.Read(ref _catalogFailures);
+
     /// <summary>Packs uploaded by this writer, in order; also the names a resume journal needs.</summary>
     public event Action<ObjectId>? PackUploaded;
 
     /// <summary>True when the repository already holds the blob or this writer is storing it.</summary>
-    public bool IsKnown(ObjectId id) => _repo.Index.Contains(id) || _inFlight.ContainsKey(id);
+    public bool IsKnown(ObjectId id) => _repo.Index.Contains(id) || _inFlight.ContainsKey(id) || _catalogKnown.ContainsKey(id);
 
     /// <summary>
     /// Stores a blob unless it is known. Returns true when this call stored it. The caller keeps ownership of
@@ -113,7 +128,7 @@ public sealed class BlobWriter : IAsyncDisposable
             System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(failure);
         }
 
-        if (_repo.Index.Contains(id) || !_inFlight.TryAdd(id, 0))
+        if (_repo.Index.Contains(id) || _catalogKnown.ContainsKey(id) || !_inFlight.TryAdd(id, 0))
         {
             return false;
         }
@@ -186,6 +201,11 @@ public sealed class BlobWriter : IAsyncDisposable
     {
         try
         {
+            if (_repo.Store.Catalog is { } catalog && !await LeaveOutCatalogedAsync(catalog, builder, ct).ConfigureAwait(false))
+            {
+                return; // every blob of the pack is in the repository already
+            }
+
             ObjectId name;
             if (builder is SpooledPackBuilder spooled)
             {
@@ -238,6 +258,50 @@ public sealed class BlobWriter : IAsyncDisposable
         }
     }
 
+    /// <summary>
+    /// Asks the store's catalog, in batches, which of the pack's blobs the repository holds already (stored by another
+    /// client since this writer loaded the index) and takes those out of the pack, so they do not travel. Returns
+    /// false when nothing is left to upload. A failing catalog leaves the pack as it is.
+    /// </summary>
+    private async Task<bool> LeaveOutCatalogedAsync(IChunkCatalog catalog, IPackBuilder builder, CancellationToken ct)
+    {
+        var known = new HashSet<ObjectId>();
+        var ids = builder.Blobs.Select(b => b.Id).ToList();
+        try
+        {
+            for (int i = 0; i < ids.Count; i += catalog.MaxBatch)
+            {
+                known.UnionWith(await catalog.FindKnownAsync(ids.GetRange(i, Math.Min(catalog.MaxBatch, ids.Count - i)), ct).ConfigureAwait(false));
+            }
+        }
+        catch (Exception e) when (e is not OperationCanceledException)
+        {
+            Interlocked.Increment(ref _catalogFailures);
+            return true;
+        }
+
+        if (known.Count == 0)
+        {
+            return true;
+        }
+
+        foreach (var blob in builder.Blobs)
+        {
+            if (known.Contains(blob.Id))
+            {
+                _catalogKnown.TryAdd(blob.Id, 0);
+                Interlocked.Decrement(ref _blobsAdded);
+                Interlocked.Add(ref _bytesAdded, -blob.RawLength);
+                Interlocked.Add(ref _bytesStored, -blob.Length);
+                Interlocked.Increment(ref _catalogBlobs);
+                Interlocked.Add(ref _catalogBytes, blob.RawLength);
+            }
+        }
+
+        builder.RemoveBlobs(known);
+        return builder.Count > 0;
+    }
+
     private async Task WriteIndexAsync(CancellationToken ct)
     {
         var file = new IndexFile();
@@ -265,6 +329,19 @@ public sealed class BlobWriter : IAsyncDisposable
             }
 
             throw;
+        }
+
+        // Only now, with an index file naming them, may other writers skip these blobs.
+        if (_repo.Store.Catalog is { } catalog)
+        {
+            try
+            {
+                await catalog.RegisterAsync(file.Packs.Select(p => new CatalogPack(p.Pack, p.Blobs.Select(b => b.Id).ToArray())).ToList(), ct).ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is not OperationCanceledException)
+            {
+                Interlocked.Increment(ref _catalogFailures);
+            }
         }
     }
 

@@ -6,6 +6,7 @@ using Haven.Protocol;
 using Haven.Server.Api;
 using Haven.Server.Database;
 using Haven.Server.Pki;
+using Haven.Server.Repositories;
 using Haven.Server.Security;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
@@ -29,6 +30,12 @@ public sealed record ServerOptions
 
     /// <summary>A PostgreSQL connection string or URL; null for SQLite in the data folder.</summary>
     public string? Database { get; init; }
+
+    /// <summary>
+    /// Where the tenants' repositories live: a folder, or an S3 URL (<c>s3:https://host/bucket/prefix</c>, credentials
+    /// from the environment as for <c>haven -r s3:…</c>). Null: <c>DATA/repositories</c>.
+    /// </summary>
+    public string? Repositories { get; init; }
 
     /// <summary>More names and addresses for the server certificate (what agents dial).</summary>
     public IReadOnlyList<string> ServerNames { get; init; } = [];
@@ -95,6 +102,7 @@ public sealed class HavenServer : IAsyncDisposable
         var ca = CertificateAuthority.LoadOrCreate(Path.Combine(options.DataDirectory, "ca"), time);
         var serverCert = ca.IssueServerCertificate(options.ServerNames.Append(endpoint.Address.ToString()), time);
         var firstAdmin = await BootstrapAsync(db, time, ct).ConfigureAwait(false);
+        var repositories = new TenantRepositories(options.Repositories ?? Path.Combine(options.DataDirectory, "repositories"), options.DataDirectory);
 
         var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { ApplicationName = "haven-server", ContentRootPath = options.DataDirectory });
         builder.Logging.ClearProviders();
@@ -106,6 +114,7 @@ public sealed class HavenServer : IAsyncDisposable
         builder.Services.AddSingleton(ca);
         builder.Services.AddSingleton<AuthFailures>();
         builder.Services.AddSingleton<Audit>();
+        builder.Services.AddSingleton(repositories);
         // A body that does not bind (malformed JSON, wrong types) throws, so the handler below answers it as JSON.
         builder.Services.Configure<Microsoft.AspNetCore.Routing.RouteHandlerOptions>(o => o.ThrowOnBadRequest = true);
         // Request bodies bind with the protocol's settings (answers are written with ProtocolJson.Options directly).
@@ -163,6 +172,7 @@ public sealed class HavenServer : IAsyncDisposable
         });
         AdminEndpoints.Map(app);
         AgentEndpoints.Map(app);
+        RepositoryEndpoints.Map(app);
 
         try
         {
@@ -187,6 +197,7 @@ public sealed class HavenServer : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         await _app.StopAsync().ConfigureAwait(false);
+        await _app.Services.GetRequiredService<TenantRepositories>().DisposeAsync().ConfigureAwait(false);
         await _app.DisposeAsync().ConfigureAwait(false);
         Ca.Dispose();
     }

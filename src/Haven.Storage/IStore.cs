@@ -73,4 +73,7 @@ public interface IStore : IAsyncDisposable
 
     /// <summary>Removes a file; removing a missing file succeeds.</summary>
     Task DeleteAsync(StoreHandle handle, CancellationToken cancellationToken);
+
+    /// <summary>The store's catalog of blob ids it holds, or null when it keeps none (see <see cref="IChunkCatalog"/>).</summary>
+    IChunkCatalog? Catalog => null;
 }

@@ -72,6 +72,9 @@ public sealed class RetryingStore : IStore
 
     public string Location => _inner.Location;
 
+    /// <summary>The inner store's catalog, unwrapped: its calls are advice and fail soft (see <see cref="IChunkCatalog"/>).</summary>
+    public IChunkCatalog? Catalog => _inner.Catalog;
+
     public Task PutAsync(StoreHandle handle, ReadOnlyMemory<byte> data, CancellationToken cancellationToken) =>
         RunAsync("put", handle, ct => _inner.PutAsync(handle, data, ct), cancellationToken);
 

@@ -51,6 +51,8 @@ public sealed class FaultyStore : IStore
 
     public string Location => _inner.Location;
 
+    public IChunkCatalog? Catalog => _inner.Catalog;
+
     /// <summary>Total bytes of the puts that went through to the inner store.</summary>
     public long BytesPut => Interlocked.Read(ref _bytesPut);
 

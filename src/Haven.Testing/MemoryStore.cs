@@ -24,6 +24,17 @@ public sealed class MemoryStore : IStore
 
     public string Location { get; }
 
+    /// <summary>Null until <see cref="KeepCatalog"/>; then a catalog like a Haven server's, for writer tests.</summary>
+    public IChunkCatalog? Catalog { get; private set; }
+
+    /// <summary>Makes the store keep a blob catalog (as a Haven server does) and returns it.</summary>
+    public MemoryChunkCatalog KeepCatalog()
+    {
+        var catalog = new MemoryChunkCatalog(this);
+        Catalog = catalog;
+        return catalog;
+    }
+
     /// <summary>How many files the store holds.</summary>
     public int Count => _files.Count;
 
@@ -108,4 +119,47 @@ public sealed class MemoryStore : IStore
 
     private byte[] Find(StoreHandle handle) =>
         _files.TryGetValue(handle, out byte[]? bytes) ? bytes : throw StoreException.NotFound(handle, Location);
+}
+
+/// <summary>The catalog of a <see cref="MemoryStore"/>: registered ids of packs the store holds. Thread-safe.</summary>
+public sealed class MemoryChunkCatalog(MemoryStore store) : IChunkCatalog
+{
+    private readonly ConcurrentDictionary<Haven.Core.ObjectId, Haven.Core.ObjectId> _blobs = new();
+
+    public int MaxBatch => 1000;
+
+    /// <summary>Calls of <see cref="FindKnownAsync"/> so far.</summary>
+    public int Queries => Volatile.Read(ref _queries);
+
+    private int _queries;
+
+    public Task<IReadOnlySet<Haven.Core.ObjectId>> FindKnownAsync(IReadOnlyList<Haven.Core.ObjectId> ids, CancellationToken cancellationToken)
+    {
+        if (ids.Count > MaxBatch)
+        {
+            throw new ArgumentException($"{ids.Count} ids in one batch (at most {MaxBatch})", nameof(ids));
+        }
+
+        Interlocked.Increment(ref _queries);
+        IReadOnlySet<Haven.Core.ObjectId> known = ids.Where(_blobs.ContainsKey).ToHashSet();
+        return Task.FromResult(known);
+    }
+
+    public Task RegisterAsync(IReadOnlyList<CatalogPack> packs, CancellationToken cancellationToken)
+    {
+        foreach (var pack in packs)
+        {
+            if (store.Peek(new StoreHandle(FileKind.Pack, pack.Pack.ToString())) is null)
+            {
+                continue;
+            }
+
+            foreach (var id in pack.Blobs)
+            {
+                _blobs[id] = pack.Pack;
+            }
+        }
+
+        return Task.CompletedTask;
+    }
 }

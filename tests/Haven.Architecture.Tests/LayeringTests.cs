@@ -19,9 +19,9 @@ public class LayeringTests
         ["Haven.Repository"] = ["Haven.Storage"],
         ["Haven.Files"] = ["Haven.Repository"],
         ["Haven.Testing"] = ["Haven.Files"],
-        ["Haven.Protocol"] = ["Haven.Core"],
+        ["Haven.Protocol"] = ["Haven.Storage"],
         ["Haven.Agent"] = ["Haven.Protocol", "Haven.Files"],
-        ["Haven.Server"] = ["Haven.Protocol"],
+        ["Haven.Server"] = ["Haven.Protocol", "Haven.Storage.S3"],
         ["Haven.Cli"] = ["Haven.Files", "Haven.Storage.S3", "Haven.Server", "Haven.Agent"],
     };
 

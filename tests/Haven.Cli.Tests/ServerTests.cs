@@ -7,7 +7,7 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using Haven.Core;
 using Haven.Protocol;
-using Npgsql;
+using Haven.Testing;
 using Xunit;
 
 namespace Haven.Cli.Tests;
@@ -18,137 +18,17 @@ namespace Haven.Cli.Tests;
 /// </summary>
 public sealed class ServerTests
 {
-    /// <summary>A running server and what it printed at start (on its first start, the administrator's token too).</summary>
-    private sealed class RunningServer : IDisposable
-    {
-        private readonly Process _process;
-        private readonly Task<string> _stderr;
+    public static TheoryData<string> Databases => [.. TestDatabases.Kinds];
 
-        public RunningServer(HavenCli cli, string? database, bool firstStart = true)
-        {
-            Data = Path.Combine(cli.Root, "server");
-            var args = new List<string> { "server", "--data", Data, "--listen", "127.0.0.1:0" };
-            if (database is not null)
-            {
-                args.AddRange(["--database", database]);
-            }
-
-            _process = cli.Start([.. args]);
-            _stderr = _process.StandardError.ReadToEndAsync();
-            var deadline = DateTime.UtcNow.AddSeconds(60);
-            var output = new List<string>();
-            while (firstStart ? Token is null : Fingerprint is null)
-            {
-                var line = _process.StandardOutput.ReadLine();
-                if (line is null || DateTime.UtcNow > deadline)
-                {
-                    throw new InvalidOperationException("the server did not start: " + _stderr.Result);
-                }
-
-                output.Add(line);
-                if (line.StartsWith("Haven server ", StringComparison.Ordinal))
-                {
-                    Url = line[(line.IndexOf(" on ", StringComparison.Ordinal) + 4)..].Trim();
-                }
-                else if (line.Trim().StartsWith("CA fingerprint:", StringComparison.Ordinal))
-                {
-                    Fingerprint = line.Split(':', 2)[1].Trim();
-                }
-                else if (line.Trim().StartsWith("API token:", StringComparison.Ordinal))
-                {
-                    Token = line.Split(':', 2)[1].Trim();
-                }
-            }
-
-            Output = string.Join('\n', output);
-            cli.Environment["HAVEN_SERVER"] = Url!;
-            cli.Environment["HAVEN_SERVER_CA"] = Fingerprint!;
-            if (Token is not null)
-            {
-                cli.Environment["HAVEN_ADMIN_TOKEN"] = Token;
-            }
-
-            _ = Task.Run(() => _process.StandardOutput.ReadToEnd());
-        }
-
-        public string Data { get; }
-
-        public string Output { get; }
-
-        public string? Url { get; private set; }
-
-        public string? Fingerprint { get; private set; }
-
-        public string? Token { get; private set; }
-
-        public HttpClient Http(X509Certificate2? clientCertificate = null, string? bearer = null)
-        {
-            var handler = new SocketsHttpHandler();
-            handler.SslOptions.RemoteCertificateValidationCallback = Pinning.ServerValidator(X509Certificate2.CreateFromPem(File.ReadAllText(Path.Combine(Data, "ca", "ca.pem"))));
-            if (clientCertificate is not null)
-            {
-                handler.SslOptions.LocalCertificateSelectionCallback = (_, _, _, _, _) => clientCertificate;
-            }
-
-            var http = new HttpClient(handler) { BaseAddress = new Uri(Url!) };
-            if (bearer is not null)
-            {
-                http.DefaultRequestHeaders.Authorization = new("Bearer", bearer);
-            }
-
-            return http;
-        }
-
-        public void Dispose()
-        {
-            if (!_process.HasExited)
-            {
-                _process.Kill(entireProcessTree: true);
-                _process.WaitForExit();
-            }
-
-            _process.Dispose();
-        }
-    }
-
-    public static TheoryData<string> Databases => ["sqlite", "postgres"];
-
-    /// <summary>A fresh PostgreSQL database for one test, or null (the test then passes without running) when none is configured.</summary>
-    private static string? Database(string kind)
-    {
-        if (kind == "sqlite")
-        {
-            return null;
-        }
-
-        var admin = Environment.GetEnvironmentVariable("HAVEN_TEST_PG");
-        if (admin is null)
-        {
-            if (Environment.GetEnvironmentVariable("CI") == "true")
-            {
-                throw new InvalidOperationException("PostgreSQL tests are required here but HAVEN_TEST_PG is not set: run scripts/test.sh");
-            }
-
-            return "skip";
-        }
-
-        string name = "haven_" + Guid.NewGuid().ToString("N")[..12];
-        using (var c = new NpgsqlConnection(admin))
-        {
-            c.Open();
-            using var cmd = new NpgsqlCommand($"CREATE DATABASE {name}", c);
-            cmd.ExecuteNonQuery();
-        }
-
-        return new NpgsqlConnectionStringBuilder(admin) { Database = name }.ToString();
-    }
+    /// <summary>A fresh database for one test (see <see cref="TestDatabases.Create"/>).</summary>
+    private static string? Database(string kind) => TestDatabases.Create(kind);
 
     [Theory]
     [MemberData(nameof(Databases))]
     public void Agents_EnrolWithATokenOnce_AndAreKnownByTheirCertificatesUntilRevoked(string kind)
     {
         var database = Database(kind);
-        if (database == "skip")
+        if (database == TestDatabases.Skip)
         {
             return;
         }
@@ -368,7 +248,7 @@ public sealed class ServerTests
             db.Open();
             using var count = db.CreateCommand();
             count.CommandText = "SELECT (SELECT COUNT(*) FROM admins) * 1000 + (SELECT COUNT(*) FROM schema_migrations)";
-            Assert.Equal(1001L, (long)count.ExecuteScalar()!);
+            Assert.Equal(1000L + Haven.Server.Database.Migrations.Latest, (long)count.ExecuteScalar()!);
             using var cmd = db.CreateCommand();
             cmd.CommandText = "INSERT INTO schema_migrations (version, name, applied) VALUES (999, 'future', '2030-01-01T00:00:00Z')";
             cmd.ExecuteNonQuery();

@@ -31,6 +31,7 @@ public static class AdminCommand
         command.Subcommands.Add(TokenCreate());
         command.Subcommands.Add(Clients());
         command.Subcommands.Add(Revoke());
+        command.Subcommands.Add(RepositoryInfoCommand());
         command.Subcommands.Add(AuthFailures());
         command.Subcommands.Add(AuditLog());
         return command;
@@ -71,13 +72,33 @@ public static class AdminCommand
         var client = new Option<string?>("--client") { Description = "Enrol exactly this client, once (else any client names itself)" };
         var uses = new Option<int?>("--uses") { Description = "How many clients the token may enrol (without --client; default 1)" };
         var expires = new Option<string?>("--expires") { Description = "How long the token is valid, e.g. 1h, 7d (default 7d)" };
-        var c = new Command("token-create", "Create an enrolment token for 'haven agent enroll'") { tenant, client, uses, expires };
+        var repositoryKey = new Option<bool>("--repository-key")
+        {
+            Description = "Give the client the key of the tenant's repository: adds a key file opened by a secret that only the token carries (asks for the repository password; see docs/key-model.md)",
+        };
+        var c = new Command("token-create", "Create an enrolment token for 'haven agent enroll'") { tenant, client, uses, expires, repositoryKey };
         Runner.SetHandler(c, async (ctx, ct) =>
         {
             using var api = await ConnectAsync(ctx, ct);
             string tenantId = await ResolveTenantAsync(api, ctx.Parse.GetValue(tenant)!, ct);
             long? seconds = ctx.Parse.GetValue(expires) is { } e ? (long)Units.ParseDuration(e, "--expires").TotalSeconds : null;
-            var info = await api.PostAsync<EnrollmentTokenInfo>($"api/v1/tenants/{tenantId}/enrollment-tokens", new CreateEnrollmentTokenRequest(ctx.Parse.GetValue(client), ctx.Parse.GetValue(uses), seconds), ct);
+            string? keyId = null;
+            byte[]? keySecret = null;
+            if (ctx.Parse.GetValue(repositoryKey))
+            {
+                // The secret is made here and never leaves this machine except inside the token.
+                keySecret = System.Security.Cryptography.RandomNumberGenerator.GetBytes(32);
+                await using var store = new HttpStore($"haven:{api.Server}{tenantId}", _ => Task.FromResult((api, HttpStore.TenantBasePath(tenantId))), ownsClient: false);
+                await using var repo = await Haven.Repository.Repository.OpenAsync(store, ctx.GetPassword(), null, ct);
+                keyId = (await repo.AddKeyAsync(Base64Url.Encode(keySecret), Haven.Repository.Crypto.KdfParameters.ForRandomSecret(), ct)).ToString();
+            }
+
+            var info = await api.PostAsync<EnrollmentTokenInfo>($"api/v1/tenants/{tenantId}/enrollment-tokens", new CreateEnrollmentTokenRequest(ctx.Parse.GetValue(client), ctx.Parse.GetValue(uses), seconds, keyId), ct);
+            if (keySecret is not null)
+            {
+                info = info with { Token = (EnrollmentToken.Parse(info.Token) with { KeySecret = keySecret }).ToString() };
+            }
+
             if (!ctx.Output.IsJson)
             {
                 Console.WriteLine(info.Token);
@@ -121,6 +142,24 @@ public static class AdminCommand
             await api.PostAsync<JsonElement>($"api/v1/tenants/{tenantId}/clients/{match.Id}/revoke", new { }, ct);
             ctx.Output.Line($"revoked client {match.Name} ({match.Id})");
             ctx.Output.JsonResult(new System.Text.Json.Nodes.JsonObject { ["revoked"] = match.Id });
+            return 0;
+        });
+        return c;
+    }
+
+    private static Command RepositoryInfoCommand()
+    {
+        var tenant = TenantOption();
+        var quota = new Option<string?>("--quota") { Description = "Set the tenant's quota (e.g. 500G), or 'none' (provider administrators)" };
+        var c = new Command("repository", "Show a tenant's hosted repository (bytes stored, quota), or set its quota") { tenant, quota };
+        Runner.SetHandler(c, async (ctx, ct) =>
+        {
+            using var api = await ConnectAsync(ctx, ct);
+            string tenantId = await ResolveTenantAsync(api, ctx.Parse.GetValue(tenant)!, ct);
+            RepositoryInfo info = ctx.Parse.GetValue(quota) is { } q
+                ? await api.SendAsync<RepositoryInfo>(HttpMethod.Put, $"api/v1/tenants/{tenantId}/quota", new SetQuotaRequest(q == "none" ? null : Units.ParseSize(q, "--quota")), ct)
+                : await api.GetAsync<RepositoryInfo>($"api/v1/tenants/{tenantId}/repository", ct);
+            Print(ctx, [info], r => $"tenant {r.TenantId}: {(r.Initialized ? "initialised" : "not initialised (haven init -r haven:URL/TENANT)")}, {Units.Bytes(r.UsageBytes)} stored, quota {(r.QuotaBytes is { } b ? Units.Bytes(b) : "none")}");
             return 0;
         });
         return c;

@@ -134,7 +134,7 @@ public static class CopyCommand
         public static IStore Open(string location) => CliContext.OpenStoreAt(location, forInit: false, "source repository", "--from-repo");
 
         public static bool SameLocation(string a, string b) =>
-            S3StoreOptions.IsS3Url(a) || S3StoreOptions.IsS3Url(b)
+            S3StoreOptions.IsS3Url(a) || S3StoreOptions.IsS3Url(b) || HostedLocation.Is(a) || HostedLocation.Is(b)
                 ? string.Equals(a.TrimEnd('/'), b.TrimEnd('/'), StringComparison.Ordinal)
                 : string.Equals(CliContext.LocalPath(a).TrimEnd('/'), CliContext.LocalPath(b).TrimEnd('/'), StringComparison.Ordinal);
 

@@ -19,15 +19,18 @@ public static class ServerCommand
         var data = new Option<string?>("--data") { Description = "Data folder: database, CA, certificates (env HAVEN_SERVER_DATA; default /var/lib/haven/server as root, else ~/.local/share/haven/server)" };
         var listen = new Option<string?>("--listen") { Description = "Address and port to listen on, e.g. 0.0.0.0:8443 (env HAVEN_SERVER_LISTEN; default 127.0.0.1:8443; port 0 picks a free one)" };
         var database = new Option<string?>("--database") { Description = "PostgreSQL connection string or postgres:// URL (env HAVEN_DATABASE; default SQLite in the data folder)" };
+        var repositories = new Option<string?>("--repositories") { Description = "Where the tenants' repositories live: a folder or an s3: URL, one folder or prefix per tenant (env HAVEN_SERVER_REPOSITORIES; default DATA/repositories)" };
         var names = new Option<string[]>("--name") { Description = "Another host name or address agents use to reach this server (for its certificate); repeatable", AllowMultipleArgumentsPerToken = false };
         var command = new Command("server", """
-            Run the Haven server: enrols clients, authenticates them by certificate, keeps the management database
+            Run the Haven server: enrols clients, authenticates them by certificate, keeps the management database,
+            hosts the tenants' repositories
 
             Examples:
               haven server
               haven server --listen 0.0.0.0:8443 --name backup.example.com
               haven server --database 'Host=db;Username=haven;Password=...;Database=haven'
-            """) { data, listen, database, names };
+              haven server --repositories s3:https://s3.example.com/backups/haven
+            """) { data, listen, database, repositories, names };
         Runner.SetHandler(command, async (ctx, ct) =>
         {
             var p = ctx.Parse;
@@ -36,6 +39,7 @@ public static class ServerCommand
                 DataDirectory = Path.GetFullPath(p.GetValue(data) ?? DefaultDataDirectory()),
                 Listen = p.GetValue(listen) ?? Environment.GetEnvironmentVariable("HAVEN_SERVER_LISTEN") ?? "127.0.0.1:8443",
                 Database = p.GetValue(database) ?? Environment.GetEnvironmentVariable("HAVEN_DATABASE"),
+                Repositories = p.GetValue(repositories) ?? CliContext.Env("HAVEN_SERVER_REPOSITORIES"),
                 ServerNames = p.GetValue(names) ?? [],
             };
 
@@ -64,6 +68,7 @@ public static class ServerCommand
         o.Line($"  API:            {server.Url}api/v1");
         o.Line($"  data:           {options.DataDirectory}");
         o.Line($"  database:       {server.Db.Description}");
+        o.Line($"  repositories:   {options.Repositories ?? Path.Combine(options.DataDirectory, "repositories")}");
         o.Line($"  CA fingerprint: {server.Ca.Fingerprint}");
         if (server.FirstAdmin is { } first)
         {
@@ -75,7 +80,8 @@ public static class ServerCommand
             o.Line();
             o.Line("To administer from this machine:");
             o.Line($"  export HAVEN_SERVER={server.Url} HAVEN_SERVER_CA={server.Ca.Fingerprint} HAVEN_ADMIN_TOKEN={first.ApiToken}");
-            o.Line("  haven admin token-create --tenant default --client laptop-1");
+            o.Line("  haven init -r haven:" + server.Url + "default        # the tenant's repository (choose its password)");
+            o.Line("  haven admin token-create --tenant default --client laptop-1 --repository-key");
         }
 
         o.JsonResult(new JsonObject

@@ -146,7 +146,7 @@ public sealed class CliContext
     /// Where a writer spools packs: the repository's own tmp/ folder when it is a local folder (a finished pack is then
     /// renamed into place, not copied), else spool/ in the cache root.
     /// </summary>
-    public string SpoolDirectory => S3StoreOptions.IsS3Url(RepositoryLocation)
+    public string SpoolDirectory => S3StoreOptions.IsS3Url(RepositoryLocation) || HostedLocation.Is(RepositoryLocation)
         ? Path.Combine(CacheRoot, "spool")
         : Path.Combine(LocalPath(RepositoryLocation), "tmp");
 
@@ -155,11 +155,15 @@ public sealed class CliContext
     /// <summary>The repository's store, with retries around it.</summary>
     public IStore OpenStore(bool forInit = false) => OpenStoreAt(RepositoryLocation, forInit, "repository", "--repo");
 
-    /// <summary>Opens the store at a repository location (a folder, local:PATH, or an s3: URL), with retries around it.</summary>
+    /// <summary>Opens the store at a repository location (a folder, local:PATH, an s3: URL, or haven: on a server), with retries around it.</summary>
     public static IStore OpenStoreAt(string location, bool forInit, string what, string option)
     {
         IStore inner;
-        if (S3StoreOptions.IsS3Url(location))
+        if (HostedLocation.Is(location))
+        {
+            inner = HostedLocation.Open(location);
+        }
+        else if (S3StoreOptions.IsS3Url(location))
         {
             var s3 = new S3Store(S3StoreOptions.Parse(location));
             if (forInit)
@@ -187,14 +191,19 @@ public sealed class CliContext
     public static string LocalPath(string location) =>
         Path.GetFullPath(location.StartsWith("local:", StringComparison.Ordinal) ? location["local:".Length..] : location);
 
-    /// <summary>The password, from (in order) command, file, HAVEN_PASSWORD, config file, or an interactive prompt.</summary>
+    /// <summary>
+    /// The password, from (in order) command, file, HAVEN_PASSWORD, config file, or an interactive prompt. For
+    /// <c>haven:agent</c>, the key secret the agent received at enrolment comes before the prompt.
+    /// </summary>
     public string GetPassword(string prompt = "repository password: ", bool confirm = false) =>
         ResolvePassword(
             _parse.GetValue(GlobalOptions.PasswordCommand) ?? Env("HAVEN_PASSWORD_COMMAND") ?? _config.PasswordCommand,
             _parse.GetValue(GlobalOptions.PasswordFile) ?? Env("HAVEN_PASSWORD_FILE") ?? _config.PasswordFile,
-            Environment.GetEnvironmentVariable("HAVEN_PASSWORD"),
+            Environment.GetEnvironmentVariable("HAVEN_PASSWORD") ?? (!confirm && RepositoryLocationOrNull == HostedLocation.Agent ? HostedLocation.AgentKeySecret() : null),
             prompt,
             confirm);
+
+    private string? RepositoryLocationOrNull => _parse.GetValue(GlobalOptions.Repo) ?? Env("HAVEN_REPOSITORY") ?? _config.Repository;
 
     /// <summary>The one order in which every password is looked for: command, file, variable, prompt.</summary>
     public static string ResolvePassword(string? command, string? file, string? value, string prompt, bool confirm = false)

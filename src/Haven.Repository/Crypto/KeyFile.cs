@@ -35,6 +35,19 @@ public sealed record KdfParameters
         Salt = RandomNumberGenerator.GetBytes(Sodium.SaltLength),
     };
 
+    /// <summary>
+    /// For key files opened by a random 256-bit secret rather than a chosen password (enrolment keys,
+    /// docs/key-model.md): guessing is hopeless whatever the cost, so the derivation is kept cheap.
+    /// </summary>
+    public static KdfParameters ForRandomSecret() => new()
+    {
+        Algorithm = Argon2id,
+        MemoryKiB = 8 * 1024,
+        Iterations = 1,
+        Parallelism = 1,
+        Salt = RandomNumberGenerator.GetBytes(Sodium.SaltLength),
+    };
+
     /// <summary>Cheap parameters for tests only (never chosen by the CLI).</summary>
     public static KdfParameters ForTests() => new()
     {

@@ -311,6 +311,25 @@ public sealed class PackBuilder : IPackBuilder
         _length += stored.Length;
     }
 
+    public void RemoveBlobs(IReadOnlySet<ObjectId> ids)
+    {
+        var kept = new List<PackedBlob>(_blobs.Count);
+        int at = 0;
+        foreach (var blob in _blobs)
+        {
+            if (!ids.Contains(blob.Id))
+            {
+                System.Buffer.BlockCopy(_buffer, (int)blob.Offset, _buffer, at, blob.Length);
+                kept.Add(blob with { Offset = at });
+                at += blob.Length;
+            }
+        }
+
+        _blobs.Clear();
+        _blobs.AddRange(kept);
+        _length = at;
+    }
+
     /// <summary>Appends the header and trailer; returns the pack's bytes and its name (SHA-256 of the bytes).</summary>
     public (ReadOnlyMemory<byte> Bytes, ObjectId Name) Finish()
     {

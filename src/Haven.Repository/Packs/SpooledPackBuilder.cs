@@ -18,6 +18,12 @@ public interface IPackBuilder
     IReadOnlyList<PackedBlob> Blobs { get; }
 
     void Add(ObjectId id, BlobType type, BlobFlags flags, ReadOnlySpan<byte> stored, int rawLength);
+
+    /// <summary>
+    /// Takes the blobs named in <paramref name="ids"/> out of the pack before it is finished, moving the others up
+    /// (a writer drops what the store's catalog says it holds already).
+    /// </summary>
+    void RemoveBlobs(IReadOnlySet<ObjectId> ids);
 }
 
 /// <summary>
@@ -47,7 +53,7 @@ public sealed class SpooledPackBuilder : IPackBuilder, IDisposable
         FilePath = Path.Combine(folder, $"{Prefix}{Environment.ProcessId}-{Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(8))}{Suffix}");
         try
         {
-            _file = File.OpenHandle(FilePath, FileMode.CreateNew, FileAccess.Write, FileShare.Read);
+            _file = File.OpenHandle(FilePath, FileMode.CreateNew, FileAccess.ReadWrite, FileShare.Read);
         }
         catch (IOException e)
         {
@@ -74,6 +80,66 @@ public sealed class SpooledPackBuilder : IPackBuilder, IDisposable
         Write(stored);
         _blobs.Add(new PackedBlob(id, type, flags, _length, stored.Length, rawLength));
         _length += stored.Length;
+    }
+
+    public void RemoveBlobs(IReadOnlySet<ObjectId> ids)
+    {
+        ObjectDisposedException.ThrowIf(_finished, this);
+        // Every kept blob moves towards the start (or stays), so reading it before writing it is safe; the hash
+        // starts over, since it covered the removed bytes.
+        _hash.GetHashAndReset();
+        var kept = new List<PackedBlob>(_blobs.Count);
+        long at = 0;
+        try
+        {
+            foreach (var blob in _blobs)
+            {
+                if (ids.Contains(blob.Id))
+                {
+                    continue;
+                }
+
+                var buffer = BufferPool.Large.Rent(blob.Length);
+                try
+                {
+                    var span = buffer.AsSpan(0, blob.Length);
+                    for (int done = 0; done < span.Length;)
+                    {
+                        int n = RandomAccess.Read(_file, span[done..], blob.Offset + done);
+                        if (n == 0)
+                        {
+                            throw new IOException($"the spool file ended at {blob.Offset + done} bytes, inside a blob");
+                        }
+
+                        done += n;
+                    }
+
+                    if (blob.Offset != at)
+                    {
+                        RandomAccess.Write(_file, span, at);
+                    }
+
+                    _hash.AppendData(span);
+                }
+                finally
+                {
+                    BufferPool.Large.Return(buffer);
+                }
+
+                kept.Add(blob with { Offset = at });
+                at += blob.Length;
+            }
+
+            RandomAccess.SetLength(_file, at);
+        }
+        catch (IOException e)
+        {
+            throw SpoolError(e);
+        }
+
+        _blobs.Clear();
+        _blobs.AddRange(kept);
+        _length = at;
     }
 
     /// <summary>Appends the header and trailer and closes the file; returns the pack's name and size.</summary>

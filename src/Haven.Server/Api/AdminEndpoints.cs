@@ -136,7 +136,7 @@ internal static class AdminEndpoints
         return ApiResults.Ok(new { revoked = client });
     }
 
-    private static async Task<IResult> CreateTokenAsync(HttpContext context, string tenant, CreateEnrollmentTokenRequest request, ManagementDb db, CertificateAuthority ca, Audit audit, TimeProvider time)
+    private static async Task<IResult> CreateTokenAsync(HttpContext context, string tenant, CreateEnrollmentTokenRequest request, ManagementDb db, CertificateAuthority ca, Audit audit, TimeProvider time, Repositories.TenantRepositories repositories)
     {
         var admin = context.Admin();
         if (!admin.CanRead(tenant))
@@ -160,13 +160,23 @@ internal static class AdminEndpoints
             return ApiResults.BadRequest($"'{request.ClientName}' is not a valid client name", "use 1-64 letters, digits, '.', '_', '-'");
         }
 
+        if (request.RepositoryKeyId is { } keyId)
+        {
+            // The key file the admin CLI made for this token must be in the tenant's repository (the server cannot open it).
+            if (!Haven.Storage.StoreLayout.IsValidName(keyId)
+                || await repositories.For(tenant).StatAsync(new Haven.Storage.StoreHandle(Haven.Storage.FileKind.Key, keyId), context.RequestAborted).ConfigureAwait(false) is null)
+            {
+                return ApiResults.BadRequest($"the tenant's repository has no key file {keyId}", "make the token with 'haven admin token-create --repository-key', which adds the key file first");
+            }
+        }
+
         int uses = request.ClientName is not null ? 1 : Math.Clamp(request.Uses ?? 1, 1, 100_000);
         var lifetime = TimeSpan.FromSeconds(Math.Clamp(request.ExpiresInSeconds ?? 7 * 86400, 60, 365L * 86400));
         var token = EnrollmentToken.Create(ca.FingerprintBytes);
-        var info = new EnrollmentTokenInfo(Secrets.NewId(), token.ToString(), tenant, request.ClientName, uses, time.GetUtcNow() + lifetime);
+        var info = new EnrollmentTokenInfo(Secrets.NewId(), token.ToString(), tenant, request.ClientName, uses, time.GetUtcNow() + lifetime, request.RepositoryKeyId);
         await db.ExecuteAsync(
-            "INSERT INTO enrollment_tokens (id, tenant_id, secret_hash, client_name, uses_left, expires, created_by, created) VALUES (@id, @tenant, @hash, @name, @uses, @expires, @by, @now)",
-            new { id = info.Id, tenant, hash = token.SecretHash, name = request.ClientName, uses, expires = Clock.Format(info.Expires), by = admin.Id, now = Clock.Format(time.GetUtcNow()) },
+            "INSERT INTO enrollment_tokens (id, tenant_id, secret_hash, client_name, uses_left, expires, created_by, created, repository_key_id) VALUES (@id, @tenant, @hash, @name, @uses, @expires, @by, @now, @keyId)",
+            new { id = info.Id, tenant, hash = token.SecretHash, name = request.ClientName, uses, expires = Clock.Format(info.Expires), by = admin.Id, now = Clock.Format(time.GetUtcNow()), keyId = request.RepositoryKeyId },
             context.RequestAborted).ConfigureAwait(false);
         await audit.WriteAsync($"admin:{admin.Name}", tenant, "token.create", $"enrolment token {info.Id[..8]} for {request.ClientName ?? $"{uses} client(s)"} until {Clock.Format(info.Expires)}", context.RequestAborted).ConfigureAwait(false);
         return ApiResults.Created(info);

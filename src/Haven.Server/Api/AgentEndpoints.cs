@@ -56,7 +56,7 @@ internal static class AgentEndpoints
         Task<(string? Reason, EnrollResponse? Response, int Status)> EnrollInTransactionAsync() => db.InTransactionAsync<(string? Reason, EnrollResponse? Response, int Status)>(async (c, tx) =>
         {
             var row = await c.QuerySingleOrDefaultAsync<TokenRow>(
-                "SELECT id AS Id, tenant_id AS TenantId, client_name AS ClientName, uses_left AS UsesLeft, expires AS Expires FROM enrollment_tokens WHERE secret_hash = @hash",
+                "SELECT id AS Id, tenant_id AS TenantId, client_name AS ClientName, uses_left AS UsesLeft, expires AS Expires, repository_key_id AS RepositoryKeyId FROM enrollment_tokens WHERE secret_hash = @hash",
                 new { hash = token.SecretHash }, tx).ConfigureAwait(false);
             if (row is null)
             {
@@ -100,7 +100,7 @@ internal static class AgentEndpoints
             await c.ExecuteAsync(
                 "INSERT INTO client_certificates (fingerprint, client_id, serial, not_after, issued) VALUES (@fingerprint, @clientId, @serial, @notAfter, @now)",
                 new { fingerprint, clientId, serial = cert.SerialNumber, notAfter = Clock.Format(notAfter), now = Clock.Format(now) }, tx).ConfigureAwait(false);
-            return (null, new EnrollResponse(clientId, row.TenantId, name, cert.ExportCertificatePem(), ca.CertificatePem, notAfter), 200);
+            return (null, new EnrollResponse(clientId, row.TenantId, name, cert.ExportCertificatePem(), ca.CertificatePem, notAfter, row.RepositoryKeyId), 200);
         }, ct);
 
         if (outcome.Response is null)
@@ -157,5 +157,5 @@ internal static class AgentEndpoints
 
     private sealed record X509Result(string Fingerprint, string Serial, DateTimeOffset NotAfter, string Pem);
 
-    private sealed record TokenRow(string Id, string TenantId, string? ClientName, long UsesLeft, string Expires);
+    private sealed record TokenRow(string Id, string TenantId, string? ClientName, long UsesLeft, string Expires, string? RepositoryKeyId);
 }

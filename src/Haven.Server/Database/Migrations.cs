@@ -89,6 +89,18 @@ public static class Migrations
                 detail TEXT NOT NULL
             );
             """),
+        (2, "hosted repositories: quotas, usage, blob catalog, repository keys for enrolment", """
+            ALTER TABLE tenants ADD COLUMN quota_bytes BIGINT;
+            ALTER TABLE tenants ADD COLUMN usage_bytes BIGINT NOT NULL DEFAULT 0;
+            ALTER TABLE enrollment_tokens ADD COLUMN repository_key_id TEXT;
+            CREATE TABLE chunk_catalog (
+                tenant_id TEXT NOT NULL REFERENCES tenants(id),
+                blob_id TEXT NOT NULL,
+                pack_id TEXT NOT NULL,
+                PRIMARY KEY (tenant_id, blob_id)
+            );
+            CREATE INDEX chunk_catalog_pack ON chunk_catalog (tenant_id, pack_id);
+            """),
     ];
 
     public static int Latest => All[^1].Version;

@@ -1,0 +1,98 @@
+using System.Diagnostics;
+using System.Security.Cryptography.X509Certificates;
+using Haven.Protocol;
+
+namespace Haven.Cli.Tests;
+
+/// <summary>A running server and what it printed at start (on its first start, the administrator's token too).</summary>
+internal sealed class RunningServer : IDisposable
+{
+    private readonly Process _process;
+    private readonly Task<string> _stderr;
+
+    public RunningServer(HavenCli cli, string? database, bool firstStart = true)
+    {
+        Data = Path.Combine(cli.Root, "server");
+        var args = new List<string> { "server", "--data", Data, "--listen", "127.0.0.1:0" };
+        if (database is not null)
+        {
+            args.AddRange(["--database", database]);
+        }
+
+        _process = cli.Start([.. args]);
+        _stderr = _process.StandardError.ReadToEndAsync();
+        var deadline = DateTime.UtcNow.AddSeconds(60);
+        var output = new List<string>();
+        while (firstStart ? Token is null : Fingerprint is null)
+        {
+            var line = _process.StandardOutput.ReadLine();
+            if (line is null || DateTime.UtcNow > deadline)
+            {
+                throw new InvalidOperationException("the server did not start: " + _stderr.Result);
+            }
+
+            output.Add(line);
+            if (line.StartsWith("Haven server ", StringComparison.Ordinal))
+            {
+                Url = line[(line.IndexOf(" on ", StringComparison.Ordinal) + 4)..].Trim();
+            }
+            else if (line.Trim().StartsWith("CA fingerprint:", StringComparison.Ordinal))
+            {
+                Fingerprint = line.Split(':', 2)[1].Trim();
+            }
+            else if (line.Trim().StartsWith("API token:", StringComparison.Ordinal))
+            {
+                Token = line.Split(':', 2)[1].Trim();
+            }
+        }
+
+        Output = string.Join('\n', output);
+        cli.Environment["HAVEN_SERVER"] = Url!;
+        cli.Environment["HAVEN_SERVER_CA"] = Fingerprint!;
+        if (Token is not null)
+        {
+            cli.Environment["HAVEN_ADMIN_TOKEN"] = Token;
+        }
+
+        _ = Task.Run(() => _process.StandardOutput.ReadToEnd());
+    }
+
+    public string Data { get; }
+
+    public string Output { get; }
+
+    public string? Url { get; private set; }
+
+    public string? Fingerprint { get; private set; }
+
+    public string? Token { get; private set; }
+
+    public HttpClient Http(X509Certificate2? clientCertificate = null, string? bearer = null)
+    {
+        var handler = new SocketsHttpHandler();
+        handler.SslOptions.RemoteCertificateValidationCallback = Pinning.ServerValidator(X509Certificate2.CreateFromPem(File.ReadAllText(Path.Combine(Data, "ca", "ca.pem"))));
+        if (clientCertificate is not null)
+        {
+            handler.SslOptions.LocalCertificateSelectionCallback = (_, _, _, _, _) => clientCertificate;
+        }
+
+        var http = new HttpClient(handler) { BaseAddress = new Uri(Url!) };
+        if (bearer is not null)
+        {
+            http.DefaultRequestHeaders.Authorization = new("Bearer", bearer);
+        }
+
+        return http;
+    }
+
+    public void Dispose()
+    {
+        if (!_process.HasExited)
+        {
+            _process.Kill(entireProcessTree: true);
+            _process.WaitForExit();
+        }
+
+        _process.Dispose();
+    }
+}

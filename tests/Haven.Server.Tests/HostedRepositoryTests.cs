@@ -1,0 +1,202 @@
+using System.Security.Cryptography;
+using Haven.Agent;
+using Haven.Core;
+using Haven.Protocol;
+using Haven.Storage;
+using Haven.Testing;
+using Xunit;
+
+namespace Haven.Server.Tests;
+
+/// <summary>
+/// What the server enforces on hosted repositories: agents append and never delete, quotas, the per-tenant blob
+/// catalog, and tenants that never see each other. On SQLite and on PostgreSQL.
+/// </summary>
+public sealed class HostedRepositoryTests
+{
+    public static TheoryData<string> Databases => [.. TestDatabases.Kinds];
+
+    private static readonly CancellationToken None = CancellationToken.None;
+
+    /// <summary>A file named by the SHA-256 of its bytes, as every file a client writes is.</summary>
+    private static (StoreHandle Handle, byte[] Bytes) Named(FileKind kind, int size)
+    {
+        var bytes = RandomNumberGenerator.GetBytes(size);
+        return (new StoreHandle(kind, Convert.ToHexStringLower(SHA256.HashData(bytes))), bytes);
+    }
+
+    private static async Task<TestServer?> StartAsync(string kind)
+    {
+        var database = TestDatabases.Create(kind);
+        return database == TestDatabases.Skip ? null : await TestServer.StartAsync(database);
+    }
+
+    [Theory]
+    [MemberData(nameof(Databases))]
+    public async Task Agents_AddFiles_ButRemoveNothingExceptLocks_AndWriteNoConfigOrKeys(string kind)
+    {
+        await using var server = await StartAsync(kind);
+        if (server is null) return;
+        var tenant = await server.CreateTenantAsync();
+        var state = await server.EnrolAsync(tenant.Id);
+        await using var admin = server.AdminStore(tenant.Id);
+        await using var agent = AgentClient.OpenRepositoryStore(state);
+        await admin.PutAsync(StoreHandle.Config, "{}"u8.ToArray(), None);
+
+        var (pack, packBytes) = Named(FileKind.Pack, 5000);
+        await agent.PutAsync(pack, packBytes, None);
+        Assert.Equal(packBytes, await admin.GetAsync(pack, None));
+
+        var refused = await Assert.ThrowsAsync<StoreException>(() => agent.DeleteAsync(pack, None));
+        Assert.Equal(StoreErrorKind.AccessDenied, refused.Kind);
+        Assert.Contains("append-only", refused.Message);
+        Assert.NotNull(await agent.StatAsync(pack, None));
+
+        var (snapshot, snapshotBytes) = Named(FileKind.Snapshot, 300);
+        await agent.PutAsync(snapshot, snapshotBytes, None);
+        Assert.Equal(StoreErrorKind.AccessDenied, (await Assert.ThrowsAsync<StoreException>(() => agent.DeleteAsync(snapshot, None))).Kind);
+
+        var (key, keyBytes) = Named(FileKind.Key, 200);
+        Assert.Equal(StoreErrorKind.AccessDenied, (await Assert.ThrowsAsync<StoreException>(() => agent.PutAsync(key, keyBytes, None))).Kind);
+        Assert.Equal(StoreErrorKind.AccessDenied, (await Assert.ThrowsAsync<StoreException>(() => agent.PutAsync(StoreHandle.Config, "{\"x\":1}"u8.ToArray(), None))).Kind);
+        Assert.Null(await admin.StatAsync(key, None));
+        Assert.Equal("{}"u8.ToArray(), await admin.GetAsync(StoreHandle.Config, None));
+
+        var (lockFile, lockBytes) = Named(FileKind.Lock, 100);
+        await agent.PutAsync(lockFile, lockBytes, None);
+        await agent.DeleteAsync(lockFile, None);
+        Assert.Null(await admin.StatAsync(lockFile, None));
+
+        // A client's file must be named by its hash: a mismatch is refused and nothing is stored.
+        var (other, _) = Named(FileKind.Index, 64);
+        var mismatch = await Assert.ThrowsAsync<StoreException>(() => agent.PutAsync(other, RandomNumberGenerator.GetBytes(64), None));
+        Assert.Equal(StoreErrorKind.Permanent, mismatch.Kind);
+        Assert.Null(await admin.StatAsync(other, None));
+
+        // Administrators run maintenance and may delete.
+        await admin.DeleteAsync(pack, None);
+        Assert.Null(await agent.StatAsync(pack, None));
+    }
+
+    [Theory]
+    [MemberData(nameof(Databases))]
+    public async Task AQuotaRefusesWhatWouldPassIt_WithAClearError_AndDeletesGiveSpaceBack(string kind)
+    {
+        await using var server = await StartAsync(kind);
+        if (server is null) return;
+        var tenant = await server.CreateTenantAsync();
+        var state = await server.EnrolAsync(tenant.Id);
+        await using var agent = AgentClient.OpenRepositoryStore(state);
+        await using var admin = server.AdminStore(tenant.Id);
+        using (var api = server.AdminApi())
+        {
+            var set = await api.SendAsync<RepositoryInfo>(HttpMethod.Put, $"api/v1/tenants/{tenant.Id}/quota", new SetQuotaRequest(10_000), None);
+            Assert.Equal(10_000, set.QuotaBytes);
+        }
+
+        var (first, firstBytes) = Named(FileKind.Pack, 6000);
+        await agent.PutAsync(first, firstBytes, None);
+        await agent.PutAsync(first, firstBytes, None); // already there: costs nothing
+        var (second, secondBytes) = Named(FileKind.Pack, 6000);
+        var full = await Assert.ThrowsAsync<StoreException>(() => agent.PutAsync(second, secondBytes, None));
+        Assert.Equal(StoreErrorKind.NoSpace, full.Kind);
+        Assert.Contains("quota", full.Message);
+        Assert.Contains("6000 of 10000 bytes", full.Message);
+        Assert.Null(await admin.StatAsync(second, None));
+
+        // Locks are not counted, so a full tenant can still lock its repository for maintenance.
+        var (lockFile, lockBytes) = Named(FileKind.Lock, 5000);
+        await agent.PutAsync(lockFile, lockBytes, None);
+
+        using (var api = server.AdminApi())
+        {
+            Assert.Equal(6000, (await api.GetAsync<RepositoryInfo>($"api/v1/tenants/{tenant.Id}/repository", None)).UsageBytes);
+            await admin.DeleteAsync(first, None);
+            Assert.Equal(0, (await api.GetAsync<RepositoryInfo>($"api/v1/tenants/{tenant.Id}/repository", None)).UsageBytes);
+        }
+
+        await agent.PutAsync(second, secondBytes, None);
+    }
+
+    [Theory]
+    [MemberData(nameof(Databases))]
+    public async Task TheCatalog_AnswersForEveryClientOfTheTenant_OnlyForHeldPacks_AndForgetsDeletedPacks(string kind)
+    {
+        await using var server = await StartAsync(kind);
+        if (server is null) return;
+        var tenant = await server.CreateTenantAsync();
+        var otherTenant = await server.CreateTenantAsync();
+        await using var a = AgentClient.OpenRepositoryStore(await server.EnrolAsync(tenant.Id));
+        await using var b = AgentClient.OpenRepositoryStore(await server.EnrolAsync(tenant.Id));
+        await using var stranger = AgentClient.OpenRepositoryStore(await server.EnrolAsync(otherTenant.Id));
+        await using var admin = server.AdminStore(tenant.Id);
+
+        var (pack, packBytes) = Named(FileKind.Pack, 1000);
+        await a.PutAsync(pack, packBytes, None);
+        var blobs = Enumerable.Range(0, 700).Select(_ => new ObjectId(RandomNumberGenerator.GetBytes(32))).ToArray();
+        var missingPack = new ObjectId(RandomNumberGenerator.GetBytes(32));
+        var orphan = new ObjectId(RandomNumberGenerator.GetBytes(32));
+        var never = new ObjectId(RandomNumberGenerator.GetBytes(32));
+        await a.Catalog!.RegisterAsync([new CatalogPack(ObjectId.Parse(pack.Name), blobs), new CatalogPack(missingPack, [orphan])], None);
+
+        var asked = blobs.Append(orphan).Append(never).ToList();
+        var known = await b.Catalog!.FindKnownAsync(asked, None);
+        Assert.Equal(blobs.ToHashSet(), known.ToHashSet());
+        Assert.Empty(await stranger.Catalog!.FindKnownAsync(asked, None));
+
+        await admin.DeleteAsync(pack, None);
+        Assert.Empty(await b.Catalog.FindKnownAsync(asked, None));
+    }
+
+    [Fact]
+    public async Task ATenantsRepository_IsNotReachable_FromAnotherTenantsAgentOrAdministrator()
+    {
+        await using var server = await TestServer.StartAsync();
+        var tenant = await server.CreateTenantAsync();
+        var otherTenant = await server.CreateTenantAsync();
+        await using var owner = AgentClient.OpenRepositoryStore(await server.EnrolAsync(tenant.Id));
+        await using var stranger = AgentClient.OpenRepositoryStore(await server.EnrolAsync(otherTenant.Id));
+        var (pack, packBytes) = Named(FileKind.Pack, 1000);
+        await owner.PutAsync(pack, packBytes, None);
+
+        // An agent only ever reaches its own tenant's repository.
+        Assert.Empty(await Collect(stranger.ListAsync(FileKind.Pack, None)));
+        Assert.Equal(StoreErrorKind.NotFound, (await Assert.ThrowsAsync<StoreException>(() => stranger.GetAsync(pack, None))).Kind);
+
+        // An administrator of the other tenant gets "not found" for the whole repository, as for a tenant that does not exist.
+        string token;
+        using (var api = server.AdminApi())
+        {
+            await api.PostAsync<AdminInfo>("api/v1/admins", new CreateAdminRequest("other-admin", "a long password 1", "admin", otherTenant.Id), None);
+            token = (await api.PostAsync<LoginResponse>("api/v1/auth/token", new LoginRequest("other-admin", "a long password 1"), None)).Token;
+        }
+
+        await using var foreignAdmin = server.AdminStore(tenant.Id, token);
+        Assert.Equal(StoreErrorKind.NotFound, (await Assert.ThrowsAsync<StoreException>(() => foreignAdmin.GetAsync(pack, None))).Kind);
+        Assert.Equal(StoreErrorKind.NotFound, (await Assert.ThrowsAsync<StoreException>(() => Collect(foreignAdmin.ListAsync(FileKind.Pack, None)))).Kind);
+        Assert.Null(await foreignAdmin.StatAsync(pack, None));
+        var (put, putBytes) = Named(FileKind.Pack, 10);
+        await Assert.ThrowsAsync<StoreException>(() => foreignAdmin.PutAsync(put, putBytes, None));
+        await Assert.ThrowsAsync<StoreException>(() => foreignAdmin.Catalog!.FindKnownAsync([ObjectId.Parse(pack.Name)], None));
+        Assert.Null(await owner.StatAsync(put, None));
+
+        // Without a certificate or token nothing is served at all.
+        using var anonymous = new HttpClient(new SocketsHttpHandler { SslOptions = { RemoteCertificateValidationCallback = (_, _, _, _) => true } }) { BaseAddress = server.Server.Url };
+        foreach (var path in new[] { $"{HttpStore.AgentBasePath}files/data", $"{HttpStore.TenantBasePath(tenant.Id)}files/data/{pack.Name}" })
+        {
+            using var response = await anonymous.GetAsync(path);
+            Assert.Equal(System.Net.HttpStatusCode.Unauthorized, response.StatusCode);
+        }
+    }
+
+    private static async Task<List<StoreFileInfo>> Collect(IAsyncEnumerable<StoreFileInfo> items)
+    {
+        var list = new List<StoreFileInfo>();
+        await foreach (var item in items)
+        {
+            list.Add(item);
+        }
+
+        return list;
+    }
+}
