@@ -76,10 +76,10 @@ public static class AgentClient
     }
 
     /// <summary>An API client authenticated by the agent's certificate.</summary>
-    public static ApiClient Connect(AgentState state)
+    public static ApiClient Connect(AgentState state, TimeSpan? timeout = null)
     {
         var identity = state.LoadIdentity();
-        return new ApiClient(new Uri(identity.ServerUrl), state.LoadCa(), state.LoadCertificate());
+        return new ApiClient(new Uri(identity.ServerUrl), state.LoadCa(), state.LoadCertificate(), timeout: timeout);
     }
 
     /// <summary>Sends a ready signal; renews the certificate when the server says it is time. Returns the server's answer.</summary>

@@ -50,7 +50,8 @@ root.Subcommands.Add(AdminCommand.Build());
 root.Subcommands.Add(AgentCommand.Build());
 
 using var allocations = Environment.GetEnvironmentVariable("HAVEN_DEBUG_MEMORY") == "alloc" ? new AllocationListener() : null;
-var parse = root.Parse(args);
+// No response files: arguments such as "@daily" (a schedule) are values, not file names.
+var parse = root.Parse(args, new ParserConfiguration { ResponseFileTokenReplacer = null });
 if (parse.Errors.Count > 0 && parse.Action is not System.CommandLine.Help.HelpAction)
 {
     foreach (var error in parse.Errors)

@@ -90,7 +90,9 @@ public sealed class ApiClient : IDisposable
         {
             if (response.IsSuccessStatusCode)
             {
-                return (await response.Content.ReadFromJsonAsync<T>(ProtocolJson.Options, ct).ConfigureAwait(false))!;
+                return response.StatusCode == HttpStatusCode.NoContent || response.Content.Headers.ContentLength == 0
+                    ? default!
+                    : (await response.Content.ReadFromJsonAsync<T>(ProtocolJson.Options, ct).ConfigureAwait(false))!;
             }
 
             ApiError? error = null;

@@ -23,7 +23,7 @@ public sealed record RenewResponse(string CertificatePem, DateTimeOffset NotAfte
 /// <summary>POST /api/v1/agent/ready: the agent's ready signal (at start, when the network returns, on demand).</summary>
 public sealed record ReadyRequest(string Reason, string Hostname, string? AgentVersion = null);
 
-public sealed record ReadyResponse(string ClientId, string ClientName, string TenantId, DateTimeOffset ServerTime, DateTimeOffset CertificateNotAfter, bool RenewCertificate);
+public sealed record ReadyResponse(string ClientId, string ClientName, string TenantId, DateTimeOffset ServerTime, DateTimeOffset CertificateNotAfter, bool RenewCertificate, int JobsQueued = 0);
 
 public sealed record TenantInfo(string Id, string Name, DateTimeOffset Created);
 
@@ -101,3 +101,80 @@ public sealed record CatalogRegistered(int Packs, int Blobs, int UnknownPacks);
 public sealed record RepositoryInfo(string TenantId, bool Initialized, long UsageBytes, long? QuotaBytes);
 
 public sealed record SetQuotaRequest(long? QuotaBytes);
+
+/// <summary>How many snapshots a plan keeps (as <c>haven forget --keep-*</c>); null fields keep nothing by that rule.</summary>
+public sealed record RetentionSpec(int? KeepLast = null, int? KeepHourly = null, int? KeepDaily = null, int? KeepWeekly = null, int? KeepMonthly = null, int? KeepYearly = null);
+
+/// <summary>
+/// A backup set: what to back up (paths, excludes), when (a schedule, and/or on the client's ready signal), how many
+/// snapshots to keep, and at most how fast to send. It applies to one client or to every client of a group.
+/// </summary>
+public sealed record PlanSpec(
+    string Name,
+    IReadOnlyList<string> Paths,
+    IReadOnlyList<string>? Excludes = null,
+    string? Schedule = null,
+    bool RunOnReady = false,
+    RetentionSpec? Retention = null,
+    long? BandwidthBytesPerSecond = null,
+    string? Client = null,
+    string? Group = null);
+
+public sealed record PlanInfo(string Id, string TenantId, PlanSpec Spec, string? ClientId, string? GroupId, DateTimeOffset? NextRun, DateTimeOffset Created);
+
+public sealed record CreateGroupRequest(string Name, IReadOnlyList<string>? Clients = null);
+
+public sealed record GroupInfo(string Id, string TenantId, string Name, IReadOnlyList<string> ClientIds);
+
+/// <summary>Counts of a finished backup job, readable by the server without the repository key.</summary>
+public sealed record JobStats(
+    long FilesNew, long FilesChanged, long FilesUnmodified, long FilesRestored,
+    long BytesProcessed, long BytesAdded, long BytesStored, long BytesSkippedByCatalog, long Errors, double DurationSeconds);
+
+public sealed record JobProgress(long FilesDone, long FilesTotal, long BytesDone, long BytesTotal, long Errors, DateTimeOffset Time);
+
+/// <summary>What a restore job restores, and where.</summary>
+public sealed record RestoreSpec(string Snapshot, string Target, IReadOnlyList<string>? Paths = null);
+
+/// <summary>POST /api/v1/tenants/{t}/restores: restore a snapshot onto a client of the tenant.</summary>
+public sealed record RestoreRequest(string Snapshot, string Client, string Target, IReadOnlyList<string>? Paths = null);
+
+/// <summary>POST /api/v1/tenants/{t}/clients/{c}/run: start the client's plans (or one plan) now.</summary>
+public sealed record RunNowRequest(string? Plan = null);
+
+/// <summary>Job states: queued, running, verifying, then one of succeeded, partial, failed, interrupted.</summary>
+public static class JobStates
+{
+    public const string Queued = "queued";
+    public const string Running = "running";
+    public const string Verifying = "verifying";
+    public const string Succeeded = "succeeded";
+    public const string Partial = "partial";
+    public const string Failed = "failed";
+    public const string Interrupted = "interrupted";
+
+    public static bool IsFinal(string state) => state is Succeeded or Partial or Failed or Interrupted;
+
+    public static bool IsKnown(string state) => state is Queued or Running or Verifying || IsFinal(state);
+}
+
+public sealed record JobInfo(
+    string Id, string TenantId, string ClientId, string? PlanId, string Kind, string Trigger, string State,
+    DateTimeOffset Queued, DateTimeOffset? Started, DateTimeOffset? Finished, bool Missed,
+    string? SnapshotId, JobStats? Stats, JobProgress? Progress, string? Message, RestoreSpec? Restore);
+
+/// <summary>A job handed to an agent: a backup of a plan, or a restore.</summary>
+public sealed record JobAssignment(string JobId, string Kind, PlanSpec? Plan, RestoreSpec? Restore);
+
+/// <summary>POST /api/v1/agent/poll: waits up to <see cref="WaitSeconds"/> for work.</summary>
+public sealed record PollRequest(int WaitSeconds = 25);
+
+public sealed record PollResponse(IReadOnlyList<JobAssignment> Jobs);
+
+/// <summary>POST /api/v1/agent/jobs/{id}/report: progress while a job runs, and its end.</summary>
+public sealed record JobReport(string State, JobProgress? Progress = null, JobStats? Stats = null, string? SnapshotId = null, string? Message = null, DateTimeOffset? Time = null);
+
+/// <summary>A place completion messages go: a webhook URL or an email address.</summary>
+public sealed record NotificationTarget(string Id, string Kind, string Address);
+
+public sealed record CreateNotificationTarget(string Kind, string Address);

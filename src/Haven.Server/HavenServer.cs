@@ -5,6 +5,7 @@ using Haven.Core;
 using Haven.Protocol;
 using Haven.Server.Api;
 using Haven.Server.Database;
+using Haven.Server.Jobs;
 using Haven.Server.Pki;
 using Haven.Server.Repositories;
 using Haven.Server.Security;
@@ -41,6 +42,12 @@ public sealed record ServerOptions
     public IReadOnlyList<string> ServerNames { get; init; } = [];
 
     public TimeProvider Time { get; init; } = TimeProvider.System;
+
+    /// <summary>Timings of the scheduler and of job supervision.</summary>
+    public JobOptions Jobs { get; init; } = new();
+
+    /// <summary>The SMTP relay for email notifications, or null (webhooks only).</summary>
+    public SmtpOptions? Smtp { get; init; }
 
     public LogLevel LogLevel { get; init; } = LogLevel.Warning;
 }
@@ -115,6 +122,10 @@ public sealed class HavenServer : IAsyncDisposable
         builder.Services.AddSingleton<AuthFailures>();
         builder.Services.AddSingleton<Audit>();
         builder.Services.AddSingleton(repositories);
+        builder.Services.AddSingleton(options.Jobs);
+        builder.Services.AddSingleton(sp => new Notifier(db, options.Smtp, sp.GetRequiredService<ILogger<Notifier>>()));
+        builder.Services.AddSingleton<JobService>();
+        builder.Services.AddHostedService<JobBackground>();
         // A body that does not bind (malformed JSON, wrong types) throws, so the handler below answers it as JSON.
         builder.Services.Configure<Microsoft.AspNetCore.Routing.RouteHandlerOptions>(o => o.ThrowOnBadRequest = true);
         // Request bodies bind with the protocol's settings (answers are written with ProtocolJson.Options directly).
@@ -173,6 +184,7 @@ public sealed class HavenServer : IAsyncDisposable
         AdminEndpoints.Map(app);
         AgentEndpoints.Map(app);
         RepositoryEndpoints.Map(app);
+        JobEndpoints.Map(app);
 
         try
         {

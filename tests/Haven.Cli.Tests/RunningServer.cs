@@ -10,14 +10,16 @@ internal sealed class RunningServer : IDisposable
     private readonly Process _process;
     private readonly Task<string> _stderr;
 
-    public RunningServer(HavenCli cli, string? database, bool firstStart = true)
+    public RunningServer(HavenCli cli, string? database, bool firstStart = true, string listen = "127.0.0.1:0", params string[] extra)
     {
         Data = Path.Combine(cli.Root, "server");
-        var args = new List<string> { "server", "--data", Data, "--listen", "127.0.0.1:0" };
+        var args = new List<string> { "server", "--data", Data, "--listen", listen };
         if (database is not null)
         {
             args.AddRange(["--database", database]);
         }
+
+        args.AddRange(extra);
 
         _process = cli.Start([.. args]);
         _stderr = _process.StandardError.ReadToEndAsync();
@@ -83,6 +85,24 @@ internal sealed class RunningServer : IDisposable
         }
 
         return http;
+    }
+
+    /// <summary>Kills the server at once (kill -9), as a crash or power cut would.</summary>
+    public void Kill()
+    {
+        if (!_process.HasExited)
+        {
+            _process.Kill(entireProcessTree: true);
+            _process.WaitForExit();
+        }
+    }
+
+    /// <summary>A free TCP port on loopback, for a server that must come back on the same address.</summary>
+    public static int FreePort()
+    {
+        using var l = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        l.Start();
+        return ((System.Net.IPEndPoint)l.LocalEndpoint).Port;
     }
 
     public void Dispose()

@@ -32,6 +32,11 @@ public static class AdminCommand
         command.Subcommands.Add(Clients());
         command.Subcommands.Add(Revoke());
         command.Subcommands.Add(RepositoryInfoCommand());
+        foreach (var sub in AdminJobCommands.All())
+        {
+            command.Subcommands.Add(sub);
+        }
+
         command.Subcommands.Add(AuthFailures());
         command.Subcommands.Add(AuditLog());
         return command;
@@ -194,7 +199,23 @@ public static class AdminCommand
         return c;
     }
 
-    private static void Print<T>(CliContext ctx, IReadOnlyList<T> rows, Func<T, string> line)
+    /// <summary>A handler that connects, resolves the tenant option to an id and runs <paramref name="body"/>.</summary>
+    internal static void SetHandler(Command command, Option<string> tenant, Func<CliContext, ApiClient, string, CancellationToken, Task<int>> body) =>
+        Runner.SetHandler(command, async (ctx, ct) =>
+        {
+            using var api = await ConnectAsync(ctx, ct);
+            string tenantId = await ResolveTenantAsync(api, ctx.Parse.GetValue(tenant)!, ct);
+            return await body(ctx, api, tenantId, ct);
+        });
+
+    internal static void SetHandler(Command command, Option<string> tenant, Func<CliContext, ApiClient, string, CancellationToken, Task> body) =>
+        SetHandler(command, tenant, async (ctx, api, t, ct) =>
+        {
+            await body(ctx, api, t, ct);
+            return 0;
+        });
+
+    internal static void Print<T>(CliContext ctx, IReadOnlyList<T> rows, Func<T, string> line)
     {
         foreach (var row in rows)
         {

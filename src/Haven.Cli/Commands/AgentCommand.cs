@@ -15,14 +15,17 @@ public static class AgentCommand
     public static Command Build()
     {
         var command = new Command("agent", """
-            The Haven agent: enrols with a server and answers to it
+            The Haven agent: enrols with a server, then runs the jobs the server gives it
 
             Examples:
               haven agent enroll --server https://backup.example.com:8443/ --token hvn1....
-              haven agent ready
+              haven agent run                # the daemon (see docs/server.md for a systemd unit)
+              haven agent backup-now         # ask the server to run this client's plans now
               haven agent status
             """) { State };
         command.Subcommands.Add(Enroll());
+        command.Subcommands.Add(Run());
+        command.Subcommands.Add(BackupNow());
         command.Subcommands.Add(Ready());
         command.Subcommands.Add(Status());
         return command;
@@ -57,6 +60,48 @@ public static class AgentCommand
         {
             var answer = await AgentClient.ReadyAsync(OpenState(ctx), ctx.Parse.GetValue(reason) ?? "manual", ct);
             ctx.Output.Line($"server acknowledged {answer.ClientName} ({answer.ClientId}) at {answer.ServerTime:yyyy-MM-dd HH:mm:ss} UTC; certificate valid until {answer.CertificateNotAfter:yyyy-MM-dd}");
+            ctx.Output.JsonResult(JsonSerializer.SerializeToNode(answer, ProtocolJson.Options)!);
+            return 0;
+        });
+        return c;
+    }
+
+    private static Command Run()
+    {
+        var c = new Command("run", """
+            Run the agent daemon: dial out to the server, say it is ready, wait for jobs on an open poll, run them,
+            report progress and results (queued in the state folder while the server cannot be reached). Stops on
+            SIGTERM or Ctrl-C; exits 18 when the server refuses this agent (revoked).
+            """);
+        Runner.SetHandler(c, async (ctx, ct) =>
+        {
+            var state = OpenState(ctx);
+            using var stop = CancellationTokenSource.CreateLinkedTokenSource(ct);
+            using var term = System.Runtime.InteropServices.PosixSignalRegistration.Create(System.Runtime.InteropServices.PosixSignal.SIGTERM, context => { context.Cancel = true; stop.Cancel(); });
+            var options = new AgentRunOptions();
+            if (CliContext.Env("HAVEN_AGENT_PROGRESS_INTERVAL") is { } interval)
+            {
+                options = options with { ProgressInterval = Units.ParseDuration(interval, "HAVEN_AGENT_PROGRESS_INTERVAL") };
+            }
+
+            if (CliContext.Env("HAVEN_AGENT_RETRY_DELAY") is { } retry)
+            {
+                options = options with { RetryDelay = Units.ParseDuration(retry, "HAVEN_AGENT_RETRY_DELAY") };
+            }
+
+            await new AgentRunner(state, options).RunAsync(stop.Token);
+            return 0;
+        });
+        return c;
+    }
+
+    private static Command BackupNow()
+    {
+        var c = new Command("backup-now", "Ask the server to back this client up now: a ready signal that starts all its plans (the running daemon gets the jobs at once)");
+        Runner.SetHandler(c, async (ctx, ct) =>
+        {
+            var answer = await AgentClient.ReadyAsync(OpenState(ctx), "manual", ct);
+            ctx.Output.Line(answer.JobsQueued > 0 ? $"the server queued {answer.JobsQueued} job(s) for {answer.ClientName}" : $"nothing new queued for {answer.ClientName}: its plans are running or waiting already, or it has none");
             ctx.Output.JsonResult(JsonSerializer.SerializeToNode(answer, ProtocolJson.Options)!);
             return 0;
         });

@@ -3,6 +3,7 @@ using System.Runtime.InteropServices;
 using System.Text.Json.Nodes;
 using Haven.Cli.Infrastructure;
 using Haven.Server;
+using Haven.Server.Jobs;
 
 namespace Haven.Cli.Commands;
 
@@ -20,6 +21,7 @@ public static class ServerCommand
         var listen = new Option<string?>("--listen") { Description = "Address and port to listen on, e.g. 0.0.0.0:8443 (env HAVEN_SERVER_LISTEN; default 127.0.0.1:8443; port 0 picks a free one)" };
         var database = new Option<string?>("--database") { Description = "PostgreSQL connection string or postgres:// URL (env HAVEN_DATABASE; default SQLite in the data folder)" };
         var repositories = new Option<string?>("--repositories") { Description = "Where the tenants' repositories live: a folder or an s3: URL, one folder or prefix per tenant (env HAVEN_SERVER_REPOSITORIES; default DATA/repositories)" };
+        var smtp = new Option<string?>("--smtp") { Description = "SMTP relay for email notifications: smtp://[user:password@]host[:port]?from=address, smtps:// for TLS (env HAVEN_SMTP)" };
         var names = new Option<string[]>("--name") { Description = "Another host name or address agents use to reach this server (for its certificate); repeatable", AllowMultipleArgumentsPerToken = false };
         var command = new Command("server", """
             Run the Haven server: enrols clients, authenticates them by certificate, keeps the management database,
@@ -30,7 +32,7 @@ public static class ServerCommand
               haven server --listen 0.0.0.0:8443 --name backup.example.com
               haven server --database 'Host=db;Username=haven;Password=...;Database=haven'
               haven server --repositories s3:https://s3.example.com/backups/haven
-            """) { data, listen, database, repositories, names };
+            """) { data, listen, database, repositories, smtp, names };
         Runner.SetHandler(command, async (ctx, ct) =>
         {
             var p = ctx.Parse;
@@ -40,6 +42,8 @@ public static class ServerCommand
                 Listen = p.GetValue(listen) ?? Environment.GetEnvironmentVariable("HAVEN_SERVER_LISTEN") ?? "127.0.0.1:8443",
                 Database = p.GetValue(database) ?? Environment.GetEnvironmentVariable("HAVEN_DATABASE"),
                 Repositories = p.GetValue(repositories) ?? CliContext.Env("HAVEN_SERVER_REPOSITORIES"),
+                Smtp = (p.GetValue(smtp) ?? CliContext.Env("HAVEN_SMTP")) is { } smtpUrl ? SmtpOptions.Parse(smtpUrl) : null,
+                Jobs = JobTimings(),
                 ServerNames = p.GetValue(names) ?? [],
             };
 
@@ -59,6 +63,20 @@ public static class ServerCommand
             return 0;
         });
         return command;
+    }
+
+    /// <summary>Scheduler timings from the environment (documented in docs/server.md; tests shorten them).</summary>
+    private static JobOptions JobTimings()
+    {
+        var jobs = new JobOptions();
+        TimeSpan? Get(string name) => CliContext.Env(name) is { } v ? Units.ParseDuration(v, name) : null;
+        return jobs with
+        {
+            TickInterval = Get("HAVEN_SCHEDULER_INTERVAL") ?? jobs.TickInterval,
+            StaleAfter = Get("HAVEN_JOB_STALE_AFTER") ?? jobs.StaleAfter,
+            MissedAfter = Get("HAVEN_MISSED_AFTER") ?? jobs.MissedAfter,
+            ReadyMinInterval = Get("HAVEN_READY_MIN_INTERVAL") ?? jobs.ReadyMinInterval,
+        };
     }
 
     private static void Report(CliContext ctx, HavenServer server, ServerOptions options)

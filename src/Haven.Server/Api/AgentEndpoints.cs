@@ -117,13 +117,14 @@ internal static class AgentEndpoints
         return ApiResults.Ok(outcome.Response);
     }
 
-    private static async Task<IResult> ReadyAsync(HttpContext context, ReadyRequest request, ManagementDb db, TimeProvider time)
+    private static async Task<IResult> ReadyAsync(HttpContext context, ReadyRequest request, ManagementDb db, TimeProvider time, Jobs.JobService jobs)
     {
         var agent = context.Agent();
         var now = time.GetUtcNow();
         await db.ExecuteAsync("UPDATE clients SET last_seen = @now, hostname = @hostname WHERE id = @id", new { now = Clock.Format(now), hostname = request.Hostname, id = agent.ClientId }, context.RequestAborted).ConfigureAwait(false);
         bool renew = agent.CertificateNotAfter - now < CertificateAuthority.RenewBefore;
-        return ApiResults.Ok(new ReadyResponse(agent.ClientId, agent.Name, agent.TenantId, now, agent.CertificateNotAfter, renew));
+        int queued = await jobs.OnReadyAsync(agent, request.Reason, context.RequestAborted).ConfigureAwait(false);
+        return ApiResults.Ok(new ReadyResponse(agent.ClientId, agent.Name, agent.TenantId, now, agent.CertificateNotAfter, renew, queued));
     }
 
     private static async Task<IResult> RenewAsync(HttpContext context, RenewRequest request, ManagementDb db, CertificateAuthority ca, Audit audit, TimeProvider time)

@@ -101,6 +101,62 @@ public static class Migrations
             );
             CREATE INDEX chunk_catalog_pack ON chunk_catalog (tenant_id, pack_id);
             """),
+        (3, "groups, plans, jobs, notification targets", """
+            CREATE TABLE client_groups (
+                id TEXT PRIMARY KEY,
+                tenant_id TEXT NOT NULL REFERENCES tenants(id),
+                name TEXT NOT NULL,
+                created TEXT NOT NULL,
+                UNIQUE (tenant_id, name)
+            );
+            CREATE TABLE group_members (
+                group_id TEXT NOT NULL REFERENCES client_groups(id),
+                client_id TEXT NOT NULL REFERENCES clients(id),
+                PRIMARY KEY (group_id, client_id)
+            );
+            CREATE TABLE plans (
+                id TEXT PRIMARY KEY,
+                tenant_id TEXT NOT NULL REFERENCES tenants(id),
+                name TEXT NOT NULL,
+                client_id TEXT REFERENCES clients(id),
+                group_id TEXT REFERENCES client_groups(id),
+                spec TEXT NOT NULL,
+                schedule TEXT,
+                next_run TEXT,
+                run_on_ready BIGINT NOT NULL,
+                created TEXT NOT NULL,
+                UNIQUE (tenant_id, name)
+            );
+            CREATE TABLE jobs (
+                id TEXT PRIMARY KEY,
+                tenant_id TEXT NOT NULL REFERENCES tenants(id),
+                client_id TEXT NOT NULL REFERENCES clients(id),
+                plan_id TEXT REFERENCES plans(id),
+                kind TEXT NOT NULL,
+                trigger TEXT NOT NULL,
+                state TEXT NOT NULL,
+                queued TEXT NOT NULL,
+                started TEXT,
+                finished TEXT,
+                last_report TEXT,
+                missed BIGINT NOT NULL DEFAULT 0,
+                snapshot_id TEXT,
+                stats TEXT,
+                progress TEXT,
+                message TEXT,
+                params TEXT,
+                notified BIGINT NOT NULL DEFAULT 0
+            );
+            CREATE INDEX jobs_client_state ON jobs (client_id, state);
+            CREATE INDEX jobs_tenant_queued ON jobs (tenant_id, queued);
+            CREATE TABLE notification_targets (
+                id TEXT PRIMARY KEY,
+                tenant_id TEXT NOT NULL REFERENCES tenants(id),
+                kind TEXT NOT NULL,
+                address TEXT NOT NULL,
+                created TEXT NOT NULL
+            );
+            """),
     ];
 
     public static int Latest => All[^1].Version;

@@ -1,0 +1,344 @@
+using System.Text.Json;
+using Haven.Core;
+using Haven.Files.Backup;
+using Haven.Files.Filters;
+using Haven.Files.Restore;
+using Haven.Protocol;
+using Haven.Repository;
+using Haven.Storage;
+
+namespace Haven.Agent;
+
+/// <summary>Timings of <see cref="AgentRunner"/>.</summary>
+public sealed record AgentRunOptions
+{
+    /// <summary>How often a running job reports progress.</summary>
+    public TimeSpan ProgressInterval { get; init; } = TimeSpan.FromSeconds(5);
+
+    /// <summary>How long the agent waits before dialling again after the server could not be reached.</summary>
+    public TimeSpan RetryDelay { get; init; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>How long one poll waits on the server for work (the channel over which the server starts jobs at once).</summary>
+    public int PollWaitSeconds { get; init; } = 25;
+
+    /// <summary>Where the agent's log lines go.</summary>
+    public Action<string> Log { get; init; } = line => Console.Error.WriteLine(line);
+}
+
+/// <summary>
+/// <c>haven agent run</c>: the daemon on a client. It dials out to the server (so it works behind NAT), says it is
+/// ready (at start, and when the server can be reached again after it could not), and keeps a poll open on which
+/// the server hands it jobs at once. It runs each job (a plan's backup into the tenant's repository, or a restore),
+/// reports progress every few seconds and a final summary. Final reports go to a queue in the state folder first
+/// and are sent from there, so they survive the server being away and the agent being restarted.
+/// </summary>
+public sealed class AgentRunner(AgentState state, AgentRunOptions? options = null)
+{
+    private readonly AgentRunOptions _options = options ?? new AgentRunOptions();
+
+    private void Log(string line) => _options.Log($"{DateTimeOffset.Now:yyyy-MM-dd HH:mm:ss} haven agent: {line}");
+
+    /// <summary>Runs until <paramref name="ct"/> is cancelled, or until the server refuses the agent's certificate (revoked).</summary>
+    public async Task RunAsync(CancellationToken ct)
+    {
+        var identity = state.LoadIdentity();
+        Log($"client {identity.ClientName} of {identity.ServerUrl}, state in {state.Folder}");
+        string? ready = "start";
+        while (!ct.IsCancellationRequested)
+        {
+            try
+            {
+                if (ready is not null)
+                {
+                    var answer = await AgentClient.ReadyAsync(state, ready, ct).ConfigureAwait(false);
+                    Log($"ready ({ready}); the server queued {answer.JobsQueued} job(s)");
+                    ready = null;
+                }
+
+                using var api = AgentClient.Connect(state, TimeSpan.FromSeconds(_options.PollWaitSeconds + 30));
+                await FlushReportsAsync(api, ct).ConfigureAwait(false);
+                var poll = await api.PostAsync<PollResponse>("api/v1/agent/poll", new PollRequest(_options.PollWaitSeconds), ct).ConfigureAwait(false);
+                foreach (var job in poll.Jobs)
+                {
+                    await RunJobAsync(api, job, ct).ConfigureAwait(false);
+                }
+            }
+            catch (OperationCanceledException) when (ct.IsCancellationRequested)
+            {
+                break;
+            }
+            catch (HavenException e) when (e.Code == ErrorCode.Unavailable)
+            {
+                if (ready is null)
+                {
+                    Log($"the server cannot be reached ({e.Message}); trying again every {_options.RetryDelay.TotalSeconds:0} s");
+                }
+
+                ready = "network";
+                await DelayAsync(_options.RetryDelay, ct).ConfigureAwait(false);
+            }
+            catch (HavenException e) when (e.Code == ErrorCode.AccessDenied)
+            {
+                Log($"the server refused this agent: {e.Message}");
+                throw;
+            }
+            catch (HavenException e)
+            {
+                Log($"error: {e.Message}");
+                await DelayAsync(_options.RetryDelay, ct).ConfigureAwait(false);
+            }
+        }
+
+        Log("stopped");
+    }
+
+    private static async Task DelayAsync(TimeSpan delay, CancellationToken ct)
+    {
+        try
+        {
+            await Task.Delay(delay, ct).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+        }
+    }
+
+    // ---- jobs -------------------------------------------------------------------------------------------------
+
+    private async Task RunJobAsync(ApiClient api, JobAssignment job, CancellationToken ct)
+    {
+        Log($"job {job.JobId[..8]}: {job.Kind}{(job.Plan is { } p ? $" of plan {p.Name}" : "")}");
+        var started = DateTimeOffset.UtcNow;
+        JobReport final;
+        try
+        {
+            final = job.Kind switch
+            {
+                "backup" when job.Plan is { } plan => await BackupAsync(api, job.JobId, plan, ct).ConfigureAwait(false),
+                "restore" when job.Restore is { } restore => await RestoreAsync(api, job.JobId, restore, ct).ConfigureAwait(false),
+                _ => new JobReport(JobStates.Failed, Message: $"this agent does not know how to run a '{job.Kind}' job (update it)"),
+            };
+        }
+        catch (OperationCanceledException) when (ct.IsCancellationRequested)
+        {
+            final = new JobReport(JobStates.Interrupted, Message: "the agent was stopped while the job ran; the next run resumes it");
+        }
+        catch (Exception e) when (e is HavenException or StoreException or IOException or UnauthorizedAccessException)
+        {
+            final = new JobReport(JobStates.Failed, Message: e.Message + (e is HavenException { Hint: { } hint } ? $" ({hint})" : ""));
+        }
+
+        final = final with { Time = DateTimeOffset.UtcNow };
+        Log($"job {job.JobId[..8]}: {final.State} after {(DateTimeOffset.UtcNow - started).TotalSeconds:0.0} s{(final.Message is { } m ? ": " + m : "")}");
+        // The final report is written down before it is sent: it must reach the server even if the agent is killed
+        // or the server is away right now.
+        EnqueueReport(job.JobId, final);
+        try
+        {
+            await FlushReportsAsync(api, CancellationToken.None).ConfigureAwait(false);
+        }
+        catch (HavenException e) when (e.Code == ErrorCode.Unavailable)
+        {
+            Log($"the report of job {job.JobId[..8]} waits in the queue: {e.Message}");
+        }
+    }
+
+    /// <summary>Sends a progress report; a failure is not an error (the next one, or the final report, follows).</summary>
+    private static async Task ProgressAsync(ApiClient api, string jobId, string stateName, JobProgress progress, CancellationToken ct)
+    {
+        try
+        {
+            await api.SendAsync<JsonElement?>(HttpMethod.Post, $"api/v1/agent/jobs/{jobId}/report", new JobReport(stateName, progress), ct).ConfigureAwait(false);
+        }
+        catch (HavenException)
+        {
+        }
+    }
+
+    /// <summary>The tenant's repository: the key from enrolment, retries long enough to ride out a server restart.</summary>
+    private async Task<Repository.Repository> OpenRepositoryAsync(long? bandwidth, CancellationToken ct)
+    {
+        string secret = state.LoadRepositoryKey()?.Secret
+            ?? throw new HavenException(ErrorCode.WrongPassword, "this agent holds no key of the tenant's repository", "enrol it with a token made by 'haven admin token-create --repository-key'");
+        IStore store = AgentClient.OpenRepositoryStore(state);
+        if (bandwidth is { } limit)
+        {
+            store = new ThrottledStore(store, limit);
+        }
+
+        store = new RetryingStore(store, new RetryOptions { MaxAttempts = 12, MaxDelay = TimeSpan.FromSeconds(10) });
+        try
+        {
+            var repo = await Repository.Repository.OpenAsync(store, secret, null, ct).ConfigureAwait(false);
+            repo.UseCache(Path.Combine(state.Folder, "cache"));
+            await repo.LoadIndexAsync(ct).ConfigureAwait(false);
+            return repo;
+        }
+        catch
+        {
+            await store.DisposeAsync().ConfigureAwait(false);
+            throw;
+        }
+    }
+
+    private async Task<JobReport> BackupAsync(ApiClient api, string jobId, PlanSpec plan, CancellationToken ct)
+    {
+        await using var repo = await OpenRepositoryAsync(plan.BandwidthBytesPerSecond, ct).ConfigureAwait(false);
+        await using var repoLock = await RepositoryLock.AcquireAsync(repo, exclusive: false, "backup", TimeSpan.FromMinutes(5), ct).ConfigureAwait(false);
+        var excludes = new PatternSet();
+        foreach (var e in plan.Excludes ?? [])
+        {
+            excludes.Add(e, false);
+        }
+
+        var identity = state.LoadIdentity();
+        var options = new BackupOptions
+        {
+            Paths = plan.Paths,
+            Excludes = excludes,
+            Host = identity.ClientName,
+            Tags = [$"plan:{plan.Name}"],
+            CacheRoot = Path.Combine(state.Folder, "cache"),
+            Writer = new BlobWriterOptions { SpoolDirectory = Path.Combine(state.Folder, "spool"), UploadConcurrency = 4 },
+            BeforeCommit = repoLock.EnsureValid,
+        };
+        var archiver = new Archiver(repo, options);
+        var run = archiver.RunAsync(ct);
+        while (await Task.WhenAny(run, Task.Delay(_options.ProgressInterval, ct)).ConfigureAwait(false) != run)
+        {
+            var p = archiver.Progress;
+            await ProgressAsync(api, jobId, JobStates.Running, new JobProgress(p.FilesDone, p.FilesTotal, p.BytesDone, p.BytesTotal, p.Errors, DateTimeOffset.UtcNow), ct).ConfigureAwait(false);
+        }
+
+        var result = await run.ConfigureAwait(false);
+        var sum = result.Snapshot.Summary!;
+        var stats = new JobStats(sum.FilesNew, sum.FilesChanged, sum.FilesUnmodified, 0, sum.TotalBytesProcessed, sum.DataAdded, sum.DataAddedStored, 0, result.ErrorCount, (sum.BackupEnd - sum.BackupStart).TotalSeconds);
+        var last = new JobProgress(sum.TotalFilesProcessed, sum.TotalFilesProcessed, sum.TotalBytesProcessed, sum.TotalBytesProcessed, result.ErrorCount, DateTimeOffset.UtcNow);
+
+        // Verifying: the snapshot must read back, and every chunk it names must be in the repository's index.
+        await ProgressAsync(api, jobId, JobStates.Verifying, last, ct).ConfigureAwait(false);
+        string? problem = await VerifyAsync(repo, result.SnapshotId!.Value, ct).ConfigureAwait(false);
+        if (problem is not null)
+        {
+            return new JobReport(JobStates.Failed, last, stats, result.SnapshotId.ToString(), problem);
+        }
+
+        string? message = result.ErrorCount > 0
+            ? $"{result.ErrorCount} item(s) could not be read: " + string.Join("; ", result.Warnings.Where(w => w.IsError).Take(5).Select(w => $"{w.Path}: {w.Message}"))
+            : result.RecoveredPacks > 0 ? $"resumed: {result.RecoveredPacks} pack(s) of an interrupted run were reused" : null;
+        return new JobReport(result.ErrorCount > 0 ? JobStates.Partial : JobStates.Succeeded, last, stats, result.SnapshotId.ToString(), message);
+    }
+
+    /// <summary>Null when the snapshot loads and all its trees and chunks are indexed; else what is wrong.</summary>
+    private static async Task<string?> VerifyAsync(Repository.Repository repo, ObjectId snapshotId, CancellationToken ct)
+    {
+        var snapshot = await repo.LoadSnapshotAsync(snapshotId, ct).ConfigureAwait(false);
+        await repo.LoadIndexAsync(ct).ConfigureAwait(false); // includes index files of other clients the catalog pointed to
+        var pending = new Stack<ObjectId>([snapshot.TreeId]);
+        var seen = new HashSet<ObjectId>();
+        while (pending.TryPop(out var tree))
+        {
+            if (!seen.Add(tree))
+            {
+                continue;
+            }
+
+            foreach (var node in await repo.LoadTreeAsync(tree, ct).ConfigureAwait(false))
+            {
+                if (node.Subtree is { } sub)
+                {
+                    pending.Push(sub);
+                }
+
+                foreach (var blob in node.Content ?? [])
+                {
+                    if (!repo.Index.Contains(blob))
+                    {
+                        return $"verification failed: snapshot {snapshotId.Short} names chunk {blob.Short}, which the repository does not hold";
+                    }
+                }
+            }
+        }
+
+        return null;
+    }
+
+    private async Task<JobReport> RestoreAsync(ApiClient api, string jobId, RestoreSpec spec, CancellationToken ct)
+    {
+        await using var repo = await OpenRepositoryAsync(null, ct).ConfigureAwait(false);
+        await using var repoLock = await RepositoryLock.AcquireAsync(repo, exclusive: false, "restore", TimeSpan.FromMinutes(5), ct).ConfigureAwait(false);
+        var (id, snapshot) = await repo.FindSnapshotAsync(spec.Snapshot, null, ct).ConfigureAwait(false);
+        var includes = new PatternSet();
+        foreach (var path in spec.Paths ?? [])
+        {
+            includes.Add(path, false);
+        }
+
+        var restorer = new Restorer(repo, new RestoreOptions { Target = spec.Target, Includes = includes, Verify = true });
+        var started = DateTimeOffset.UtcNow;
+        var run = restorer.RunAsync(snapshot.TreeId, ct);
+        while (await Task.WhenAny(run, Task.Delay(_options.ProgressInterval, ct)).ConfigureAwait(false) != run)
+        {
+            var p = restorer.Progress;
+            await ProgressAsync(api, jobId, JobStates.Running, new JobProgress(p.FilesDone, p.FilesTotal, p.BytesDone, p.BytesTotal, p.Errors, DateTimeOffset.UtcNow), ct).ConfigureAwait(false);
+        }
+
+        var result = await run.ConfigureAwait(false);
+        var stats = new JobStats(0, 0, 0, result.Files, result.Bytes, 0, 0, 0, result.Errors.Count, (DateTimeOffset.UtcNow - started).TotalSeconds);
+        var last = new JobProgress(result.Files, result.Files, result.Bytes, result.Bytes, result.Errors.Count, DateTimeOffset.UtcNow);
+        string message = $"restored snapshot {id.Short} ({result.Files} files, {result.Verified} verified) to {spec.Target}"
+            + (result.Errors.Count > 0 ? $"; {result.Errors.Count} entries failed: {string.Join("; ", result.Errors.Take(5))}" : "");
+        return new JobReport(result.Errors.Count > 0 ? JobStates.Partial : JobStates.Succeeded, last, stats, id.ToString(), message);
+    }
+
+    // ---- the report queue -------------------------------------------------------------------------------------
+
+    private string QueueFolder => Path.Combine(state.Folder, "queue");
+
+    private void EnqueueReport(string jobId, JobReport report)
+    {
+        Directory.CreateDirectory(QueueFolder);
+        string name = $"{DateTimeOffset.UtcNow.UtcTicks:D20}-{jobId}.json";
+        string temp = Path.Combine(QueueFolder, name + ".tmp");
+        File.WriteAllText(temp, JsonSerializer.Serialize(report, ProtocolJson.Options));
+        File.Move(temp, Path.Combine(QueueFolder, name));
+    }
+
+    /// <summary>Sends queued final reports, oldest first; stops at the first that cannot be delivered.</summary>
+    private async Task FlushReportsAsync(ApiClient api, CancellationToken ct)
+    {
+        if (!Directory.Exists(QueueFolder))
+        {
+            return;
+        }
+
+        foreach (var file in Directory.EnumerateFiles(QueueFolder, "*.json").Order(StringComparer.Ordinal).ToList())
+        {
+            string name = Path.GetFileNameWithoutExtension(file);
+            string jobId = name[(name.IndexOf('-', StringComparison.Ordinal) + 1)..];
+            JobReport? report;
+            try
+            {
+                report = JsonSerializer.Deserialize<JobReport>(await File.ReadAllTextAsync(file, ct).ConfigureAwait(false), ProtocolJson.Options);
+            }
+            catch (JsonException)
+            {
+                report = null;
+            }
+
+            if (report is not null)
+            {
+                try
+                {
+                    await api.SendAsync<JsonElement?>(HttpMethod.Post, $"api/v1/agent/jobs/{jobId}/report", report, ct).ConfigureAwait(false);
+                }
+                catch (HavenException e) when (e.Code is ErrorCode.NotFound or ErrorCode.Usage)
+                {
+                    Log($"the server dropped the report of job {jobId[..Math.Min(8, jobId.Length)]}: {e.Message}");
+                }
+            }
+
+            File.Delete(file);
+        }
+    }
+}

@@ -1,0 +1,261 @@
+using System.Text.Json;
+using Haven.Protocol;
+using Haven.Testing;
+using Xunit;
+
+namespace Haven.Cli.Tests;
+
+/// <summary>
+/// Issue 3's acceptance, through real processes on loopback with real TLS: a server, two <c>haven agent run</c>
+/// daemons, and <c>haven admin</c>. Jobs started by a schedule, by a ready signal and by "run now" run and are
+/// recorded; their end is confirmed by webhook and by email; a restore lands on the other agent; an agent killed
+/// mid-backup leaves an interrupted job that the next run resumes; a server restarted mid-job loses nothing.
+/// On SQLite and on PostgreSQL.
+/// </summary>
+public sealed class AdministeredJobsTests
+{
+    public static TheoryData<string> Databases => [.. TestDatabases.Kinds];
+
+    /// <summary>A server with short scheduler timings, the tenant's repository, and agents enrolled with its key.</summary>
+    private sealed class Fleet : IDisposable
+    {
+        public Fleet(string database, int? port = null, params string[] serverArgs)
+        {
+            Cli = new HavenCli();
+            Cli.Environment["HAVEN_SCHEDULER_INTERVAL"] = "1";
+            Cli.Environment["HAVEN_JOB_STALE_AFTER"] = "6";
+            Cli.Environment["HAVEN_AGENT_PROGRESS_INTERVAL"] = "1";
+            Cli.Environment["HAVEN_AGENT_RETRY_DELAY"] = "1";
+            Database = database;
+            Listen = $"127.0.0.1:{port ?? 0}";
+            ServerArgs = serverArgs;
+            Server = new RunningServer(Cli, Database == "" ? null : Database, listen: Listen, extra: serverArgs);
+            Cli.Expect(0, "init", "-r", $"haven:{Server.Url}default");
+        }
+
+        public HavenCli Cli { get; }
+
+        public string Database { get; }
+
+        public string Listen { get; }
+
+        public string[] ServerArgs { get; }
+
+        public RunningServer Server { get; set; }
+
+        public List<RunningAgent> Agents { get; } = [];
+
+        public string Enrol(string name)
+        {
+            string token = Cli.Expect(0, "admin", "token-create", "--tenant", "default", "--client", name, "--repository-key").Stdout.Trim();
+            string state = Path.Combine(Cli.Root, "agent-" + name);
+            Cli.Expect(0, "agent", "enroll", "--server", Server.Url!, "--token", token, "--state", state);
+            return state;
+        }
+
+        public RunningAgent Start(string state)
+        {
+            var agent = new RunningAgent(Cli, state);
+            Agents.Add(agent);
+            return agent;
+        }
+
+        public List<JobInfo> Jobs(string? client = null)
+        {
+            var args = new List<string> { "admin", "jobs", "--tenant", "default", "--json" };
+            if (client is not null)
+            {
+                args.AddRange(["--client", client]);
+            }
+
+            return JsonSerializer.Deserialize<List<JobInfo>>(Cli.Expect(0, [.. args]).Stdout, ProtocolJson.Options)!;
+        }
+
+        /// <summary>Bytes the tenant's repository holds, as the server counts them.</summary>
+        public long Usage() =>
+            JsonSerializer.Deserialize<List<RepositoryInfo>>(Cli.Expect(0, "admin", "repository", "--tenant", "default", "--json").Stdout, ProtocolJson.Options)!.Single().UsageBytes;
+
+        /// <summary>Waits (up to <paramref name="seconds"/>) for a job that matches; fails with the jobs and agent logs.</summary>
+        public JobInfo WaitFor(Func<JobInfo, bool> match, string what, int seconds = 90)
+        {
+            var deadline = DateTime.UtcNow.AddSeconds(seconds);
+            List<JobInfo> jobs;
+            do
+            {
+                jobs = Jobs();
+                if (jobs.FirstOrDefault(match) is { } found)
+                {
+                    return found;
+                }
+
+                Thread.Sleep(500);
+            }
+            while (DateTime.UtcNow < deadline);
+
+            throw new Xunit.Sdk.XunitException($"no job {what} within {seconds} s; jobs:\n"
+                + string.Join("\n", jobs.Select(j => $"{j.Id[..8]} {j.Kind} {j.Trigger} {j.State} {j.Message}"))
+                + "\nagent logs:\n" + string.Join("\n---\n", Agents.Select(a => a.Log)));
+        }
+
+        public void Dispose()
+        {
+            foreach (var agent in Agents)
+            {
+                agent.Dispose();
+            }
+
+            Server.Dispose();
+            Cli.Dispose();
+        }
+    }
+
+    private static Fleet? NewFleet(string kind, int? port = null, params string[] serverArgs)
+    {
+        var database = TestDatabases.Create(kind);
+        return database == TestDatabases.Skip ? null : new Fleet(database ?? "", port, serverArgs);
+    }
+
+    [Theory]
+    [MemberData(nameof(Databases))]
+    public void ScheduledReadyAndRunNowJobs_RunAndAreRecorded_MessagesArrive_AndARestoreLandsOnTheOtherAgent(string kind)
+    {
+        using var webhook = new WebhookSink();
+        using var smtp = new SmtpSink();
+        using var fleet = NewFleet(kind, null, "--smtp", $"smtp://127.0.0.1:{smtp.Port}?from=haven@test.invalid");
+        if (fleet is null) return;
+        var cli = fleet.Cli;
+        fleet.Cli.Expect(0, "admin", "notify-add", "--tenant", "default", "--webhook", webhook.Url);
+        fleet.Cli.Expect(0, "admin", "notify-add", "--tenant", "default", "--email", "ops@test.invalid");
+        TestTree.CreateHardCases(cli.Source, includeLargeFile: false, seed: 11);
+        string laptop = fleet.Enrol("laptop");
+        string desktop = fleet.Enrol("desktop");
+
+        // The laptop's plan runs on a schedule; the desktop's when it says it is ready (at the agent's start).
+        cli.Expect(0, "admin", "plan-create", "--tenant", "default", "nightly", "--client", "laptop", "--path", cli.Source, "--schedule", "@every 4s", "--exclude", "*.nothing");
+        cli.Expect(0, "admin", "group-create", "--tenant", "default", "desks", "--client", "desktop");
+        cli.Expect(0, "admin", "plan-create", "--tenant", "default", "on-arrival", "--group", "desks", "--path", cli.Source, "--on-ready");
+        fleet.Start(laptop);
+        fleet.Start(desktop);
+
+        var scheduled = fleet.WaitFor(j => j.Trigger == "schedule" && j.State == JobStates.Succeeded, "started by the schedule to succeed");
+        var ready = fleet.WaitFor(j => j.Trigger == "ready" && j.State == JobStates.Succeeded, "started by the ready signal to succeed");
+        cli.Expect(0, "admin", "plan-delete", "--tenant", "default", "nightly"); // no more scheduled runs from here on
+
+        // "Run now" by an administrator, waited for.
+        var runNow = JsonSerializer.Deserialize<List<JobInfo>>(cli.Expect(0, "admin", "run", "--tenant", "default", "desktop", "--wait", "--json").Stdout, ProtocolJson.Options)!.Single();
+        Assert.Equal(JobStates.Succeeded, runNow.State);
+        Assert.Equal("manual", runNow.Trigger);
+
+        foreach (var job in new[] { scheduled, ready, runNow })
+        {
+            Assert.NotNull(job.SnapshotId);
+            Assert.NotNull(job.Started);
+            Assert.NotNull(job.Finished);
+            Assert.True(job.Stats!.BytesProcessed > 0);
+            Assert.Equal(0, job.Stats.Errors);
+        }
+
+        Assert.True(runNow.Stats!.FilesUnmodified > 0, "the second backup of the desktop found its files unchanged");
+
+        // The laptop's snapshot restored onto the desktop by an administrator reproduces the files.
+        string target = Path.Combine(cli.Root, "restored");
+        var restore = JsonSerializer.Deserialize<List<JobInfo>>(
+            cli.Expect(0, "admin", "restore", "--tenant", "default", scheduled.SnapshotId!, "--client", "desktop", "--target", target, "--wait", "--json").Stdout, ProtocolJson.Options)!.Single();
+        Assert.Equal(JobStates.Succeeded, restore.State);
+        var differences = TestTree.Compare(cli.Source, target + cli.Source, new CompareOptions(Ownership: false));
+        Assert.True(differences.Count == 0, string.Join("\n", differences.Take(10)));
+
+        // Every end was confirmed by webhook and by mail.
+        var deadline = DateTime.UtcNow.AddSeconds(30);
+        while ((webhook.Bodies.Count < 4 || smtp.Messages.Count < 4) && DateTime.UtcNow < deadline)
+        {
+            Thread.Sleep(200);
+        }
+
+        var events = webhook.Bodies.Select(b => JsonDocument.Parse(b).RootElement).ToList();
+        foreach (var job in new[] { scheduled, ready, runNow, restore })
+        {
+            Assert.Contains(events, e => e.GetProperty("job").GetProperty("id").GetString() == job.Id && e.GetProperty("event").GetString() == "job.succeeded");
+            Assert.Contains(smtp.Messages, m => m.To == "ops@test.invalid" && m.Message.Contains(job.Id, StringComparison.Ordinal));
+        }
+
+        Assert.Contains(smtp.Messages, m => m.Message.Contains("Subject: [Haven] laptop: backup succeeded (nightly)", StringComparison.Ordinal));
+    }
+
+    [Theory]
+    [MemberData(nameof(Databases))]
+    public void AnAgentKilledMidBackup_LeavesAnInterruptedJob_AndTheNextRunSendsOnlyWhatIsMissing(string kind)
+    {
+        using var fleet = NewFleet(kind);
+        if (fleet is null) return;
+        var cli = fleet.Cli;
+        // Random data that does not compress, sent at 4 MB/s: the backup takes long enough to be cut off.
+        Directory.CreateDirectory(Path.Combine(cli.Source, "big"));
+        for (int i = 0; i < 6; i++)
+        {
+            File.WriteAllBytes(Path.Combine(cli.Source, "big", $"f{i}"), TestData.Bytes(8 << 20, seed: 100 + i));
+        }
+
+        long total = 6L * (8 << 20);
+        string state = fleet.Enrol("server1");
+        cli.Expect(0, "admin", "plan-create", "--tenant", "default", "slow", "--client", "server1", "--path", cli.Source, "--bandwidth", "4M");
+        var agent = fleet.Start(state);
+        cli.Expect(0, "admin", "run", "--tenant", "default", "server1");
+        fleet.WaitFor(j => j.State == JobStates.Running, "running", 60);
+        // Kill it once at least one pack has arrived on the server, and before the backup ends.
+        var deadline = DateTime.UtcNow.AddSeconds(60);
+        while (fleet.Usage() < 8 << 20 && DateTime.UtcNow < deadline)
+        {
+            Thread.Sleep(200);
+        }
+
+        agent.Kill();
+        Assert.Equal(JobStates.Running, fleet.Jobs().Single().State);
+
+        // The restarted agent's first poll tells the server the job it was running is gone.
+        var again = fleet.Start(state);
+        var interrupted = fleet.WaitFor(j => j.State == JobStates.Interrupted, "marked interrupted", 30);
+        Assert.Contains("agent stopped", interrupted.Message);
+
+        var resumed = JsonSerializer.Deserialize<List<JobInfo>>(cli.Expect(0, "admin", "run", "--tenant", "default", "server1", "--wait", "--json").Stdout, ProtocolJson.Options)!.Single();
+        Assert.Equal(JobStates.Succeeded, resumed.State);
+        Assert.Contains("resumed", resumed.Message);
+        Assert.True(resumed.Stats!.BytesAdded < total, $"the resumed run added {resumed.Stats.BytesAdded} of {total} bytes: the packs of the killed run were reused");
+
+        // Nothing was stored twice: the tenant's repository holds about one copy of the data.
+        Assert.InRange(fleet.Usage(), total, total + (total / 5));
+        cli.Environment["HAVEN_REPOSITORY"] = $"haven:{fleet.Server.Url}default";
+        cli.Expect(0, "check", "--read-data");
+    }
+
+    [Fact]
+    public void TheServerRestartedMidJob_LosesNothing_AndTheJobResolves()
+    {
+        int port = RunningServer.FreePort();
+        using var fleet = NewFleet("sqlite", port)!;
+        var cli = fleet.Cli;
+        Directory.CreateDirectory(Path.Combine(cli.Source, "big"));
+        for (int i = 0; i < 4; i++)
+        {
+            File.WriteAllBytes(Path.Combine(cli.Source, "big", $"f{i}"), TestData.Bytes(8 << 20, seed: 200 + i));
+        }
+
+        string state = fleet.Enrol("db1");
+        cli.Expect(0, "admin", "plan-create", "--tenant", "default", "slow", "--client", "db1", "--path", cli.Source, "--bandwidth", "4M");
+        fleet.Start(state);
+        cli.Expect(0, "admin", "run", "--tenant", "default", "db1");
+        var running = fleet.WaitFor(j => j.State == JobStates.Running && j.Progress is { BytesDone: > 8 << 20 }, "running with some data sent", 60);
+
+        fleet.Server.Kill();
+        Thread.Sleep(2000);
+        fleet.Server = new RunningServer(cli, null, firstStart: false, listen: fleet.Listen, extra: fleet.ServerArgs);
+
+        var done = fleet.WaitFor(j => j.Id == running.Id && j.State is JobStates.Succeeded, "resolved as succeeded after the restart", 120);
+        Assert.NotNull(done.SnapshotId);
+        string target = Path.Combine(cli.Root, "restored");
+        cli.Environment["HAVEN_REPOSITORY"] = $"haven:{fleet.Server.Url}default";
+        cli.Expect(0, "restore", done.SnapshotId!, "--target", target);
+        var differences = TestTree.Compare(cli.Source, target + cli.Source, new CompareOptions(Ownership: false));
+        Assert.True(differences.Count == 0, string.Join("\n", differences.Take(10)));
+    }
+}
