@@ -189,6 +189,41 @@ public sealed class HostedRepositoryTests
         }
     }
 
+    [Fact]
+    public async Task AnAgent_GetsAndReportsOnlyItsOwnJobs()
+    {
+        await using var server = await TestServer.StartAsync();
+        var tenant = await server.CreateTenantAsync();
+        var owner = await server.EnrolAsync(tenant.Id, "owner1");
+        var other = await server.EnrolAsync(tenant.Id, "other1");
+        using (var api = server.AdminApi())
+        {
+            await api.PostAsync<PlanInfo>($"api/v1/tenants/{tenant.Id}/plans", new PlanSpec("p", ["/data"], Client: "owner1"), None);
+        }
+
+        using var otherApi = AgentClient.Connect(other);
+        Assert.Empty((await otherApi.PostAsync<PollResponse>("api/v1/agent/poll", new PollRequest(0), None)).Jobs);
+        string jobId;
+        using (var api = server.AdminApi())
+        {
+            jobId = (await api.PostAsync<List<JobInfo>>($"api/v1/tenants/{tenant.Id}/clients/owner1/run", new RunNowRequest(), None)).Single().Id;
+        }
+
+        Assert.Empty((await otherApi.PostAsync<PollResponse>("api/v1/agent/poll", new PollRequest(0), None)).Jobs);
+        var refused = await Assert.ThrowsAsync<HavenException>(() => otherApi.PostAsync<System.Text.Json.JsonElement?>($"api/v1/agent/jobs/{jobId}/report", new JobReport(JobStates.Failed, Message: "forged"), None));
+        Assert.Equal(ErrorCode.NotFound, refused.Code);
+
+        using var ownerApi = AgentClient.Connect(owner);
+        var assigned = (await ownerApi.PostAsync<PollResponse>("api/v1/agent/poll", new PollRequest(5), None)).Jobs.Single();
+        Assert.Equal(jobId, assigned.JobId);
+        Assert.Equal(["/data"], assigned.Plan!.Paths);
+        await ownerApi.PostAsync<System.Text.Json.JsonElement?>($"api/v1/agent/jobs/{jobId}/report", new JobReport(JobStates.Succeeded, SnapshotId: new string('d', 64)), None);
+        using var admin = server.AdminApi();
+        var job = await admin.GetAsync<JobInfo>($"api/v1/tenants/{tenant.Id}/jobs/{jobId}", None);
+        Assert.Equal(JobStates.Succeeded, job.State);
+        Assert.Null(job.Message);
+    }
+
     private static async Task<List<StoreFileInfo>> Collect(IAsyncEnumerable<StoreFileInfo> items)
     {
         var list = new List<StoreFileInfo>();
