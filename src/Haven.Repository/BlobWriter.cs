@@ -1,4 +1,3 @@
-using System.Buffers;
 using System.Collections.Concurrent;
 using Haven.Core;
 using Haven.Repository.Index;
@@ -54,7 +53,7 @@ public sealed class BlobWriter : IAsyncDisposable
     /// data-chunk size), at most <see cref="MaxScratchPerType"/> each: enough for the encoders of a 2-4 core machine;
     /// more concurrent callers get a fresh scratch that is dropped afterwards.
     /// </summary>
-    private readonly ConcurrentBag<EncodeScratch>[] _scratch = [[], []];
+    private readonly ConcurrentQueue<EncodeScratch>[] _scratch = [new(), new()];
 
     private const int MaxScratchPerType = 4;
     private readonly List<Task> _uploadTasks = [];
@@ -80,13 +79,9 @@ public sealed class BlobWriter : IAsyncDisposable
             {
                 Directory.CreateDirectory(spool);
             }
-            catch (IOException e)
+            catch (Exception e) when (StoreErrors.Translate(e, $"cannot create the pack spool folder {spool}: {e.Message}") is { } translated)
             {
-                throw new StoreException(StoreErrors.Classify(e), $"cannot create the pack spool folder {spool}: {e.Message}", e);
-            }
-            catch (UnauthorizedAccessException e)
-            {
-                throw new StoreException(StoreErrorKind.AccessDenied, $"cannot create the pack spool folder {spool}: {e.Message}", e);
+                throw translated;
             }
 
             SpooledPackBuilder.SweepStale(spool);
@@ -123,7 +118,7 @@ public sealed class BlobWriter : IAsyncDisposable
     /// </summary>
     public async ValueTask<bool> SaveAsync(BlobType type, ObjectId id, ReadOnlyMemory<byte> plaintext, CancellationToken ct)
     {
-        if (_uploadFailure is { } failure)
+        if (Volatile.Read(ref _uploadFailure) is { } failure)
         {
             System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(failure);
         }
@@ -134,7 +129,7 @@ public sealed class BlobWriter : IAsyncDisposable
         }
 
         var scratches = _scratch[(int)type];
-        var scratch = scratches.TryTake(out var kept) ? kept : new EncodeScratch();
+        var scratch = scratches.TryDequeue(out var kept) ? kept : new EncodeScratch();
         var (buffer, length, flags) = _repo.Codec.Encode(type, id, plaintext.Span, scratch);
         IPackBuilder? full = null;
         try
@@ -158,11 +153,17 @@ public sealed class BlobWriter : IAsyncDisposable
                 builder.Add(id, type, flags, buffer.AsSpan(0, length), plaintext.Length);
             }
         }
+        catch
+        {
+            // A full pack taken out of _builders belongs to no one until its upload starts.
+            (full as SpooledPackBuilder)?.Dispose();
+            throw;
+        }
         finally
         {
             if (scratches.Count < MaxScratchPerType)
             {
-                scratches.Add(scratch);
+                scratches.Enqueue(scratch);
             }
         }
 
@@ -184,7 +185,16 @@ public sealed class BlobWriter : IAsyncDisposable
     /// </summary>
     private async Task StartUploadAsync(IPackBuilder builder, CancellationToken ct)
     {
-        await _uploads.WaitAsync(ct).ConfigureAwait(false);
+        try
+        {
+            await _uploads.WaitAsync(ct).ConfigureAwait(false);
+        }
+        catch
+        {
+            (builder as SpooledPackBuilder)?.Dispose(); // cancelled before the upload owned it
+            throw;
+        }
+
         var task = Task.Run(() => UploadAsync(builder, ct), CancellationToken.None);
         lock (_uploadTasks)
         {
@@ -240,7 +250,7 @@ public sealed class BlobWriter : IAsyncDisposable
         }
         catch (Exception e)
         {
-            _uploadFailure ??= e;
+            Interlocked.CompareExchange(ref _uploadFailure, e, null);
             throw;
         }
         finally
@@ -362,9 +372,21 @@ public sealed class BlobWriter : IAsyncDisposable
             }
         }
 
-        foreach (var b in builders)
+        for (int i = 0; i < builders.Count; i++)
         {
-            await StartUploadAsync(b, ct).ConfigureAwait(false);
+            try
+            {
+                await StartUploadAsync(builders[i], ct).ConfigureAwait(false);
+            }
+            catch
+            {
+                foreach (var left in builders.Skip(i + 1))
+                {
+                    (left as SpooledPackBuilder)?.Dispose();
+                }
+
+                throw;
+            }
         }
 
         Task[] pending;
@@ -375,7 +397,7 @@ public sealed class BlobWriter : IAsyncDisposable
         }
 
         await Task.WhenAll(pending).ConfigureAwait(false);
-        if (_uploadFailure is { } failure)
+        if (Volatile.Read(ref _uploadFailure) is { } failure)
         {
             System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(failure);
         }

@@ -113,9 +113,9 @@ public sealed class S3Store : IStore
         {
             body = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1024 * 1024, FileOptions.Asynchronous | FileOptions.SequentialScan);
         }
-        catch (IOException e)
+        catch (Exception e) when (StoreErrors.Translate(e, $"cannot read the local file {path} to store it as {handle}: {e.Message}") is { } translated)
         {
-            throw new StoreException(StoreErrorKind.Permanent, $"cannot read the local file {path} to store it as {handle}: {e.Message}", e);
+            throw translated;
         }
 
         await using (body.ConfigureAwait(false))

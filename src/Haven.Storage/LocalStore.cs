@@ -17,7 +17,7 @@ namespace Haven.Storage;
 /// the final name (rename(2) is atomic within a folder), and the folder is flushed so the rename survives a
 /// crash. A crash can leave a temporary file behind but never a half-written visible one.
 /// </para>
-/// The class holds no mutable state: every method may run on many threads at once.
+/// Every method may run on many threads at once; the one shared state, the cache of open pack handles, is thread-safe.
 /// </summary>
 public sealed partial class LocalStore : IStore
 {
@@ -66,6 +66,8 @@ public sealed partial class LocalStore : IStore
             {
                 if (File.Exists(destination))
                 {
+                    // An earlier attempt moved it; its flush of the folder may be what failed, so flush again.
+                    FlushFolder(folder);
                     return;
                 }
 
@@ -84,7 +86,7 @@ public sealed partial class LocalStore : IStore
             }
 
             int errno = Marshal.GetLastPInvokeError();
-            if (errno != Exdev)
+            if (errno != Haven.Core.Posix.Errno.EXDEV)
             {
                 throw new IOException($"cannot move {path} to {destination}: {Marshal.GetPInvokeErrorMessage(errno)}", errno);
             }
@@ -92,13 +94,20 @@ public sealed partial class LocalStore : IStore
             await WriteThroughTempAsync(handle, async (target, ct) =>
             {
                 using var source = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.Read, FileOptions.SequentialScan);
-                var buffer = new byte[1024 * 1024];
-                long offset = 0;
-                int n;
-                while ((n = await RandomAccess.ReadAsync(source, buffer, offset, ct).ConfigureAwait(false)) > 0)
+                var buffer = Haven.Core.BufferPool.Large.Rent(1024 * 1024);
+                try
                 {
-                    await RandomAccess.WriteAsync(target, buffer.AsMemory(0, n), offset, ct).ConfigureAwait(false);
-                    offset += n;
+                    long offset = 0;
+                    int n;
+                    while ((n = await RandomAccess.ReadAsync(source, buffer.AsMemory(0, 1024 * 1024), offset, ct).ConfigureAwait(false)) > 0)
+                    {
+                        await RandomAccess.WriteAsync(target, buffer.AsMemory(0, n), offset, ct).ConfigureAwait(false);
+                        offset += n;
+                    }
+                }
+                finally
+                {
+                    Haven.Core.BufferPool.Large.Return(buffer);
                 }
             }, cancellationToken).ConfigureAwait(false);
         }
@@ -139,8 +148,6 @@ public sealed partial class LocalStore : IStore
 
         FlushFolder(folder);
     }
-
-    private const int Exdev = 18;
 
     public async Task<byte[]> GetAsync(StoreHandle handle, CancellationToken cancellationToken)
     {
@@ -538,12 +545,8 @@ public sealed partial class LocalStore : IStore
                 return handle is { } missing
                     ? new StoreException(StoreErrorKind.NotFound, $"{StoreLayout.PathOf(missing)} does not exist in {_root}", e)
                     : new StoreException(StoreErrorKind.NotFound, $"cannot {what}: {e.Message}", e);
-            case UnauthorizedAccessException:
-                return new StoreException(StoreErrorKind.AccessDenied, $"cannot {what}: {e.Message}", e);
-            case IOException io:
-                return new StoreException(StoreErrors.Classify(io), $"cannot {what}: {io.Message}", io);
             default:
-                return null;
+                return StoreErrors.Translate(e, $"cannot {what}: {e.Message}");
         }
     }
 }

@@ -4,6 +4,17 @@ namespace Haven.Storage;
 public static class StoreErrors
 {
     /// <summary>
+    /// A local file-system failure as a store error (<see cref="UnauthorizedAccessException"/> is access denied, an
+    /// <see cref="IOException"/> is sorted by <see cref="Classify"/>), or null for any other exception.
+    /// </summary>
+    public static StoreException? Translate(Exception e, string message) => e switch
+    {
+        UnauthorizedAccessException => new StoreException(StoreErrorKind.AccessDenied, message, e),
+        IOException io => new StoreException(Classify(io), message, io),
+        _ => null,
+    };
+
+    /// <summary>
     /// Sorts an I/O error by its errno (which .NET puts in <see cref="Exception.HResult"/> on Unix) or Win32 code.
     /// Errors that a network file system or a busy disk may clear up are transient; the rest are permanent.
     /// </summary>

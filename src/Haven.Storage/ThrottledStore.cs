@@ -1,5 +1,3 @@
-using System.Runtime.CompilerServices;
-
 namespace Haven.Storage;
 
 /// <summary>
@@ -17,8 +15,6 @@ public sealed class ThrottledStore(IStore inner, long bytesPerSecond, TimeProvid
     public string Location => inner.Location;
 
     public IChunkCatalog? Catalog => inner.Catalog;
-
-    public long BytesPerSecond => bytesPerSecond;
 
     /// <summary>Takes <paramref name="bytes"/> from the budget, waiting while it is in debt.</summary>
     private Task ThrottleAsync(long bytes, CancellationToken ct)
@@ -53,13 +49,7 @@ public sealed class ThrottledStore(IStore inner, long bytesPerSecond, TimeProvid
     public Task ReadRangeAsync(StoreHandle handle, long offset, Memory<byte> buffer, CancellationToken cancellationToken) =>
         inner.ReadRangeAsync(handle, offset, buffer, cancellationToken);
 
-    public async IAsyncEnumerable<StoreFileInfo> ListAsync(FileKind kind, [EnumeratorCancellation] CancellationToken cancellationToken)
-    {
-        await foreach (var item in inner.ListAsync(kind, cancellationToken).ConfigureAwait(false))
-        {
-            yield return item;
-        }
-    }
+    public IAsyncEnumerable<StoreFileInfo> ListAsync(FileKind kind, CancellationToken cancellationToken) => inner.ListAsync(kind, cancellationToken);
 
     public Task<StoreFileInfo?> StatAsync(StoreHandle handle, CancellationToken cancellationToken) => inner.StatAsync(handle, cancellationToken);
 

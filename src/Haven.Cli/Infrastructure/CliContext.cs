@@ -148,7 +148,7 @@ public sealed class CliContext
     /// </summary>
     public string SpoolDirectory => S3StoreOptions.IsS3Url(RepositoryLocation) || HostedLocation.Is(RepositoryLocation)
         ? Path.Combine(CacheRoot, "spool")
-        : Path.Combine(LocalPath(RepositoryLocation), "tmp");
+        : Path.Combine(LocalPath(RepositoryLocation), "tmp", Environment.MachineName);
 
     public TimeSpan RetryLock => _parse.GetValue(GlobalOptions.RetryLock) is { } s ? Units.ParseDuration(s, "--retry-lock") : TimeSpan.Zero;
 

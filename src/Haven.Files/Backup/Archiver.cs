@@ -15,6 +15,12 @@ public sealed record BackupResult(ObjectId? SnapshotId, Snapshot Snapshot, Objec
     /// <summary>Packs an interrupted earlier backup had uploaded without indexing, indexed by this run instead of re-sent.</summary>
     public int RecoveredPacks { get; init; }
 
+    /// <summary>Chunks left out because the store's catalog said another client had stored them (see IChunkCatalog).</summary>
+    public long BlobsFoundInCatalog { get; init; }
+
+    /// <summary>Plaintext bytes of those chunks: what did not travel.</summary>
+    public long BytesFoundInCatalog { get; init; }
+
     /// <summary>Entries that could not be read (they are missing from the snapshot).</summary>
     public int ErrorCount => Warnings.Count(w => w.IsError);
 }
@@ -88,7 +94,8 @@ public sealed class Archiver
         var (parentId, parent) = await FindParentAsync(displayPaths, ct).ConfigureAwait(false);
         List<Node>? parentRoot = parent is null ? null : await TryLoadTreeAsync(parent.TreeId, ct).ConfigureAwait(false);
 
-        _writer = new BlobWriter(_repo, _options.Writer);
+        // A dry run stores nothing, so it needs no spool folder (the repository may even be read-only).
+        _writer = new BlobWriter(_repo, _options.DryRun ? null : _options.Writer);
         int recovered = 0;
         UploadJournal? journal = null;
         if (!_options.DryRun)
@@ -195,7 +202,7 @@ public sealed class Archiver
 
         ObjectId? id = _options.DryRun ? null : await _repo.SaveSnapshotAsync(snapshot, ct).ConfigureAwait(false);
         await _writer.DisposeAsync().ConfigureAwait(false);
-        return new BackupResult(id, snapshot, parentId, _warnings.ToArray()) { RecoveredPacks = recovered };
+        return new BackupResult(id, snapshot, parentId, _warnings.ToArray()) { RecoveredPacks = recovered, BlobsFoundInCatalog = _writer.BlobsFoundInCatalog, BytesFoundInCatalog = _writer.BytesFoundInCatalog };
     }
 
     // ---- targets and parent ---------------------------------------------------------------------------------------

@@ -49,14 +49,7 @@ public sealed record KdfParameters
     };
 
     /// <summary>Cheap parameters for tests only (never chosen by the CLI).</summary>
-    public static KdfParameters ForTests() => new()
-    {
-        Algorithm = Argon2id,
-        MemoryKiB = 8 * 1024,
-        Iterations = 1,
-        Parallelism = 1,
-        Salt = RandomNumberGenerator.GetBytes(Sodium.SaltLength),
-    };
+    public static KdfParameters ForTests() => ForRandomSecret();
 
     public byte[] DeriveKey(string password)
     {

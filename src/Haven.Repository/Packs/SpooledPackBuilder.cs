@@ -55,13 +55,9 @@ public sealed class SpooledPackBuilder : IPackBuilder, IDisposable
         {
             _file = File.OpenHandle(FilePath, FileMode.CreateNew, FileAccess.ReadWrite, FileShare.Read);
         }
-        catch (IOException e)
+        catch (Exception e) when (StoreErrors.Translate(e, $"cannot create the pack spool file {FilePath}: {e.Message}") is { } translated)
         {
-            throw SpoolError(e);
-        }
-        catch (UnauthorizedAccessException e)
-        {
-            throw new StoreException(StoreErrorKind.AccessDenied, $"cannot create the pack spool file {FilePath}: {e.Message}", e);
+            throw translated;
         }
     }
 
