@@ -28,7 +28,10 @@ public sealed class HttpStore : IStore, IChunkCatalog
 
     private readonly Func<CancellationToken, Task<(ApiClient Api, string BasePath)>> _connect;
     private readonly SemaphoreSlim _connecting = new(1, 1);
-    private (ApiClient Api, string BasePath)? _connection;
+    private Connection? _connection;
+
+    /// <summary>A class, not a tuple: it is read without the lock, and a reference is published whole.</summary>
+    private sealed record Connection(ApiClient Api, string BasePath);
 
     /// <param name="location">For messages: where the repository is (no secrets).</param>
     /// <param name="connect">Makes the API client and returns it with the repository's base path (ending in "/").</param>
@@ -74,9 +77,9 @@ public sealed class HttpStore : IStore, IChunkCatalog
 
     private async Task<(ApiClient Api, string BasePath)> ConnectionAsync(CancellationToken ct)
     {
-        if (_connection is { } c)
+        if (Volatile.Read(ref _connection) is { } c)
         {
-            return c;
+            return (c.Api, c.BasePath);
         }
 
         await _connecting.WaitAsync(ct).ConfigureAwait(false);
@@ -86,21 +89,18 @@ public sealed class HttpStore : IStore, IChunkCatalog
             {
                 try
                 {
-                    _connection = await _connect(ct).ConfigureAwait(false);
+                    var (api, basePath) = await _connect(ct).ConfigureAwait(false);
+                    Volatile.Write(ref _connection, new Connection(api, basePath));
                 }
-                catch (HavenException e)
+                catch (HavenException e) when (e.Code == ErrorCode.Unavailable)
                 {
-                    throw new StoreException(e.Code switch
-                    {
-                        ErrorCode.AccessDenied => StoreErrorKind.AccessDenied,
-                        ErrorCode.Unavailable => StoreErrorKind.Transient,
-                        ErrorCode.NotFound => StoreErrorKind.Permanent,
-                        _ => StoreErrorKind.Permanent,
-                    }, e.Message + (e.Hint is null ? "" : $" ({e.Hint})"), e);
+                    // As a store error, so the retry wrapper dials again; every other refusal (wrong fingerprint,
+                    // unknown tenant) reaches the user as it is, with its own exit code.
+                    throw new StoreException(StoreErrorKind.Transient, e.Message + (e.Hint is null ? "" : $" ({e.Hint})"), e);
                 }
             }
 
-            return _connection.Value;
+            return (_connection!.Api, _connection.BasePath);
         }
         finally
         {
@@ -136,7 +136,7 @@ public sealed class HttpStore : IStore, IChunkCatalog
     {
         var (api, basePath) = await ConnectionAsync(cancellationToken).ConfigureAwait(false);
         using var response = await SendAsync(api, HttpMethod.Get, FilePath(basePath, handle), null, null, handle, cancellationToken).ConfigureAwait(false);
-        return await ReadBodyAsync(response, () => response.Content.ReadAsByteArrayAsync(cancellationToken)).ConfigureAwait(false);
+        return await ReadBodyAsync(() => response.Content.ReadAsByteArrayAsync(cancellationToken)).ConfigureAwait(false);
     }
 
     public async Task ReadRangeAsync(StoreHandle handle, long offset, Memory<byte> buffer, CancellationToken cancellationToken)
@@ -165,7 +165,7 @@ public sealed class HttpStore : IStore, IChunkCatalog
             throw new StoreException(StoreErrorKind.Permanent, $"the server answered a range of {buffer.Length} bytes of {handle} with {(int)response.StatusCode} and {response.Content.Headers.ContentLength} bytes");
         }
 
-        await ReadBodyAsync(response, async () =>
+        await ReadBodyAsync(async () =>
         {
             await using var stream = await response.Content.ReadAsStreamAsync(cancellationToken).ConfigureAwait(false);
             await stream.ReadExactlyAsync(buffer, cancellationToken).ConfigureAwait(false);
@@ -177,7 +177,7 @@ public sealed class HttpStore : IStore, IChunkCatalog
     {
         var (api, basePath) = await ConnectionAsync(cancellationToken).ConfigureAwait(false);
         using var response = await SendAsync(api, HttpMethod.Get, $"{basePath}files/{FolderName(kind)}", null, null, null, cancellationToken).ConfigureAwait(false);
-        Stream stream = await ReadBodyAsync(response, () => response.Content.ReadAsStreamAsync(cancellationToken)).ConfigureAwait(false);
+        Stream stream = await ReadBodyAsync(() => response.Content.ReadAsStreamAsync(cancellationToken)).ConfigureAwait(false);
         await using (stream.ConfigureAwait(false))
         {
             var items = JsonSerializer.DeserializeAsyncEnumerable<RepositoryFileInfo>(stream, ProtocolJson.Options, cancellationToken);
@@ -247,22 +247,20 @@ public sealed class HttpStore : IStore, IChunkCatalog
         }
     }
 
+    /// <summary>One request: callers split their ids into batches of <see cref="MaxBatch"/> (the contract of <see cref="IChunkCatalog"/>).</summary>
     public async Task<IReadOnlySet<ObjectId>> FindKnownAsync(IReadOnlyList<ObjectId> ids, CancellationToken cancellationToken)
     {
-        var known = new HashSet<ObjectId>();
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(ids.Count, CatalogBatch);
         var (api, basePath) = await ConnectionAsync(cancellationToken).ConfigureAwait(false);
-        for (int i = 0; i < ids.Count; i += CatalogBatch)
+        using var content = JsonContent.Create(new CatalogQuery(ids.Select(id => id.ToString()).ToList()), options: ProtocolJson.Options);
+        using var response = await SendAsync(api, HttpMethod.Post, basePath + "catalog/known", content, null, null, cancellationToken).ConfigureAwait(false);
+        var answer = await ReadBodyAsync(() => response.Content.ReadFromJsonAsync<CatalogAnswer>(ProtocolJson.Options, cancellationToken)).ConfigureAwait(false);
+        var known = new HashSet<ObjectId>();
+        foreach (var hex in answer?.Known ?? [])
         {
-            var batch = ids.Skip(i).Take(CatalogBatch).Select(id => id.ToString()).ToList();
-            using var content = JsonContent.Create(new CatalogQuery(batch), options: ProtocolJson.Options);
-            using var response = await SendAsync(api, HttpMethod.Post, basePath + "catalog/known", content, null, null, cancellationToken).ConfigureAwait(false);
-            var answer = await ReadBodyAsync(response, () => response.Content.ReadFromJsonAsync<CatalogAnswer>(ProtocolJson.Options, cancellationToken)).ConfigureAwait(false);
-            foreach (var hex in answer?.Known ?? [])
+            if (ObjectId.TryParse(hex, out var id))
             {
-                if (ObjectId.TryParse(hex, out var id))
-                {
-                    known.Add(id);
-                }
+                known.Add(id);
             }
         }
 
@@ -362,7 +360,7 @@ public sealed class HttpStore : IStore, IChunkCatalog
     }
 
     /// <summary>Reads a response body; a connection lost on the way is transient.</summary>
-    private async Task<T> ReadBodyAsync<T>(HttpResponseMessage response, Func<Task<T>> read)
+    private async Task<T> ReadBodyAsync<T>(Func<Task<T>> read)
     {
         try
         {

@@ -162,7 +162,10 @@ public sealed class HavenServer : IAsyncDisposable
                 if (!context.Response.HasStarted)
                 {
                     context.Response.StatusCode = e.StatusCode;
-                    string message = $"the request body of {context.Request.Method} {context.Request.Path} is missing or is not the JSON it takes";
+                    // Binding names what failed: the JSON body, or a route or query value such as ?limit=abc.
+                    string message = e.Message.Contains("request body", StringComparison.Ordinal)
+                        ? $"the request body of {context.Request.Method} {context.Request.Path} is missing or is not the JSON it takes"
+                        : $"a value in the path or query of {context.Request.Method} {context.Request.Path} has the wrong form";
                     await context.Response.WriteAsJsonAsync(new ApiError("bad_request", message, e.Message), ProtocolJson.Options).ConfigureAwait(false);
                 }
 

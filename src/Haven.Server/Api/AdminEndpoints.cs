@@ -138,22 +138,12 @@ internal static class AdminEndpoints
 
     private static async Task<IResult> CreateTokenAsync(HttpContext context, string tenant, CreateEnrollmentTokenRequest request, ManagementDb db, CertificateAuthority ca, Audit audit, TimeProvider time, Repositories.TenantRepositories repositories)
     {
+        if (await context.TenantAccessAsync(db, tenant, write: true, "viewers cannot create enrolment tokens").ConfigureAwait(false) is { } refusal)
+        {
+            return refusal;
+        }
+
         var admin = context.Admin();
-        if (!admin.CanRead(tenant))
-        {
-            return ApiResults.NotFound($"tenant {tenant}");
-        }
-
-        if (!admin.CanWrite(tenant))
-        {
-            return ApiResults.Forbidden("viewers cannot create enrolment tokens");
-        }
-
-        bool exists = await db.QuerySingleOrDefaultAsync<string>("SELECT id FROM tenants WHERE id = @tenant", new { tenant }, context.RequestAborted).ConfigureAwait(false) is not null;
-        if (!exists)
-        {
-            return ApiResults.NotFound($"tenant {tenant}");
-        }
 
         if (request.ClientName is not null && !ApiResults.IsValidName(request.ClientName))
         {
@@ -163,8 +153,18 @@ internal static class AdminEndpoints
         if (request.RepositoryKeyId is { } keyId)
         {
             // The key file the admin CLI made for this token must be in the tenant's repository (the server cannot open it).
-            if (!Haven.Storage.StoreLayout.IsValidName(keyId)
-                || await repositories.For(tenant).StatAsync(new Haven.Storage.StoreHandle(Haven.Storage.FileKind.Key, keyId), context.RequestAborted).ConfigureAwait(false) is null)
+            bool held;
+            try
+            {
+                held = Haven.Storage.StoreLayout.IsValidName(keyId)
+                    && await repositories.For(tenant).StatAsync(new Haven.Storage.StoreHandle(Haven.Storage.FileKind.Key, keyId), context.RequestAborted).ConfigureAwait(false) is not null;
+            }
+            catch (Haven.Storage.StoreException)
+            {
+                return ApiResults.Error(StatusCodes.Status503ServiceUnavailable, "storage_unavailable", "the server's repository storage failed; try again");
+            }
+
+            if (!held)
             {
                 return ApiResults.BadRequest($"the tenant's repository has no key file {keyId}", "make the token with 'haven admin token-create --repository-key', which adds the key file first");
             }

@@ -38,18 +38,6 @@ internal static class JobEndpoints
         app.MapGet("/api/v1/agent/plans", AgentPlansAsync);
     }
 
-    /// <summary>Null when the caller may act on <paramref name="tenant"/> (and it exists); else the refusal.</summary>
-    private static async Task<IResult?> CheckTenantAsync(HttpContext context, ManagementDb db, string tenant, bool write)
-    {
-        var admin = context.Admin();
-        if (!admin.CanRead(tenant) || await db.QuerySingleOrDefaultAsync<string>("SELECT id FROM tenants WHERE id = @tenant", new { tenant }, context.RequestAborted).ConfigureAwait(false) is null)
-        {
-            return ApiResults.NotFound($"tenant {tenant}");
-        }
-
-        return write && !admin.CanWrite(tenant) ? ApiResults.Forbidden("viewers cannot change anything") : null;
-    }
-
     /// <summary>A client of the tenant by id or name, or null.</summary>
     private static Task<ClientRow?> FindClientAsync(ManagementDb db, string tenant, string client, CancellationToken ct) =>
         db.QuerySingleOrDefaultAsync<ClientRow>(
@@ -57,30 +45,35 @@ internal static class JobEndpoints
 
     private sealed record ClientRow(string Id, string Name, string? Revoked);
 
+    /// <summary>A group of the tenant by id or name, or null.</summary>
+    private static Task<NamedRow?> FindGroupAsync(ManagementDb db, string tenant, string group, CancellationToken ct) =>
+        db.QuerySingleOrDefaultAsync<NamedRow>("SELECT id AS Id, name AS Name FROM client_groups WHERE tenant_id = @tenant AND (id = @group OR name = @group)", new { tenant, group }, ct);
+
     private static string Actor(HttpContext context) => $"admin:{context.Admin().Name}";
 
     // ---- groups -----------------------------------------------------------------------------------------------
 
     private static async Task<IResult> ListGroupsAsync(HttpContext context, string tenant, ManagementDb db)
     {
-        if (await CheckTenantAsync(context, db, tenant, write: false).ConfigureAwait(false) is { } refusal)
+        if (await context.TenantAccessAsync(db, tenant, write: false).ConfigureAwait(false) is { } refusal)
         {
             return refusal;
         }
 
-        var groups = await db.QueryAsync<GroupRow>("SELECT id AS Id, name AS Name FROM client_groups WHERE tenant_id = @tenant ORDER BY name", new { tenant }, context.RequestAborted).ConfigureAwait(false);
+        var groups = await db.QueryAsync<NamedRow>("SELECT id AS Id, name AS Name FROM client_groups WHERE tenant_id = @tenant ORDER BY name", new { tenant }, context.RequestAborted).ConfigureAwait(false);
         var members = await db.QueryAsync<MemberRow>(
             "SELECT m.group_id AS GroupId, m.client_id AS ClientId FROM group_members m JOIN client_groups g ON g.id = m.group_id WHERE g.tenant_id = @tenant", new { tenant }, context.RequestAborted).ConfigureAwait(false);
-        return ApiResults.Ok(groups.Select(g => new GroupInfo(g.Id, tenant, g.Name, members.Where(m => m.GroupId == g.Id).Select(m => m.ClientId).ToList())).ToList());
+        var byGroup = members.ToLookup(m => m.GroupId, m => m.ClientId);
+        return ApiResults.Ok(groups.Select(g => new GroupInfo(g.Id, tenant, g.Name, byGroup[g.Id].ToList())).ToList());
     }
 
-    private sealed record GroupRow(string Id, string Name);
+    private sealed record NamedRow(string Id, string Name);
 
     private sealed record MemberRow(string GroupId, string ClientId);
 
     private static async Task<IResult> CreateGroupAsync(HttpContext context, string tenant, CreateGroupRequest request, ManagementDb db, Audit audit, TimeProvider time)
     {
-        if (await CheckTenantAsync(context, db, tenant, write: true).ConfigureAwait(false) is { } refusal)
+        if (await context.TenantAccessAsync(db, tenant, write: true).ConfigureAwait(false) is { } refusal)
         {
             return refusal;
         }
@@ -101,11 +94,6 @@ internal static class JobEndpoints
             }
 
             clients.Add(client.Id);
-        }
-
-        if (await db.QuerySingleOrDefaultAsync<string>("SELECT id FROM client_groups WHERE tenant_id = @tenant AND name = @name", new { tenant, name = request.Name }, ct).ConfigureAwait(false) is not null)
-        {
-            return ApiResults.Error(StatusCodes.Status409Conflict, "conflict", $"a group named {request.Name} exists");
         }
 
         string id = Secrets.NewId();
@@ -133,13 +121,13 @@ internal static class JobEndpoints
 
     private static async Task<IResult> AddMemberAsync(HttpContext context, string tenant, string group, string client, ManagementDb db, Audit audit)
     {
-        if (await CheckTenantAsync(context, db, tenant, write: true).ConfigureAwait(false) is { } refusal)
+        if (await context.TenantAccessAsync(db, tenant, write: true).ConfigureAwait(false) is { } refusal)
         {
             return refusal;
         }
 
         var ct = context.RequestAborted;
-        var g = await db.QuerySingleOrDefaultAsync<GroupRow>("SELECT id AS Id, name AS Name FROM client_groups WHERE tenant_id = @tenant AND (id = @group OR name = @group)", new { tenant, group }, ct).ConfigureAwait(false);
+        var g = await FindGroupAsync(db, tenant, group, ct).ConfigureAwait(false);
         var c = await FindClientAsync(db, tenant, client, ct).ConfigureAwait(false);
         if (g is null || c is null)
         {
@@ -155,20 +143,20 @@ internal static class JobEndpoints
 
     private static async Task<IResult> ListPlansAsync(HttpContext context, string tenant, ManagementDb db)
     {
-        if (await CheckTenantAsync(context, db, tenant, write: false).ConfigureAwait(false) is { } refusal)
+        if (await context.TenantAccessAsync(db, tenant, write: false).ConfigureAwait(false) is { } refusal)
         {
             return refusal;
         }
 
         var rows = await db.QueryAsync<JobService.PlanRow>(
-            "SELECT id AS Id, tenant_id AS TenantId, name AS Name, client_id AS ClientId, group_id AS GroupId, spec AS Spec, schedule AS Schedule, next_run AS NextRun, run_on_ready AS RunOnReady, created AS Created FROM plans WHERE tenant_id = @tenant ORDER BY name",
+            $"SELECT {JobService.PlanColumns} FROM plans WHERE tenant_id = @tenant ORDER BY name",
             new { tenant }, context.RequestAborted).ConfigureAwait(false);
         return ApiResults.Ok(rows.Select(r => r.ToInfo()).ToList());
     }
 
     private static async Task<IResult> CreatePlanAsync(HttpContext context, string tenant, PlanSpec spec, ManagementDb db, Audit audit, TimeProvider time)
     {
-        if (await CheckTenantAsync(context, db, tenant, write: true).ConfigureAwait(false) is { } refusal)
+        if (await context.TenantAccessAsync(db, tenant, write: true).ConfigureAwait(false) is { } refusal)
         {
             return refusal;
         }
@@ -218,16 +206,11 @@ internal static class JobEndpoints
         }
         else
         {
-            groupId = await db.QuerySingleOrDefaultAsync<string>("SELECT id FROM client_groups WHERE tenant_id = @tenant AND (id = @group OR name = @group)", new { tenant, group = spec.Group }, ct).ConfigureAwait(false);
+            groupId = (await FindGroupAsync(db, tenant, spec.Group!, ct).ConfigureAwait(false))?.Id;
             if (groupId is null)
             {
                 return ApiResults.NotFound($"group {spec.Group}");
             }
-        }
-
-        if (await db.QuerySingleOrDefaultAsync<string>("SELECT id FROM plans WHERE tenant_id = @tenant AND name = @name", new { tenant, name = spec.Name }, ct).ConfigureAwait(false) is not null)
-        {
-            return ApiResults.Error(StatusCodes.Status409Conflict, "conflict", $"a plan named {spec.Name} exists");
         }
 
         string id = Secrets.NewId();
@@ -250,13 +233,13 @@ internal static class JobEndpoints
 
     private static async Task<IResult> DeletePlanAsync(HttpContext context, string tenant, string plan, ManagementDb db, Audit audit)
     {
-        if (await CheckTenantAsync(context, db, tenant, write: true).ConfigureAwait(false) is { } refusal)
+        if (await context.TenantAccessAsync(db, tenant, write: true).ConfigureAwait(false) is { } refusal)
         {
             return refusal;
         }
 
         var ct = context.RequestAborted;
-        var row = await db.QuerySingleOrDefaultAsync<GroupRow>("SELECT id AS Id, name AS Name FROM plans WHERE tenant_id = @tenant AND (id = @plan OR name = @plan)", new { tenant, plan }, ct).ConfigureAwait(false);
+        var row = await db.QuerySingleOrDefaultAsync<NamedRow>("SELECT id AS Id, name AS Name FROM plans WHERE tenant_id = @tenant AND (id = @plan OR name = @plan)", new { tenant, plan }, ct).ConfigureAwait(false);
         if (row is null)
         {
             return ApiResults.NotFound($"plan {plan}");
@@ -278,7 +261,7 @@ internal static class JobEndpoints
 
     private static async Task<IResult> RunNowAsync(HttpContext context, string tenant, string client, RunNowRequest request, ManagementDb db, JobService jobs, Audit audit)
     {
-        if (await CheckTenantAsync(context, db, tenant, write: true).ConfigureAwait(false) is { } refusal)
+        if (await context.TenantAccessAsync(db, tenant, write: true).ConfigureAwait(false) is { } refusal)
         {
             return refusal;
         }
@@ -319,7 +302,7 @@ internal static class JobEndpoints
 
     private static async Task<IResult> ListJobsAsync(HttpContext context, string tenant, string? client, int? limit, ManagementDb db, JobService jobs)
     {
-        if (await CheckTenantAsync(context, db, tenant, write: false).ConfigureAwait(false) is { } refusal)
+        if (await context.TenantAccessAsync(db, tenant, write: false).ConfigureAwait(false) is { } refusal)
         {
             return refusal;
         }
@@ -339,7 +322,7 @@ internal static class JobEndpoints
 
     private static async Task<IResult> GetJobAsync(HttpContext context, string tenant, string job, ManagementDb db, JobService jobs)
     {
-        if (await CheckTenantAsync(context, db, tenant, write: false).ConfigureAwait(false) is { } refusal)
+        if (await context.TenantAccessAsync(db, tenant, write: false).ConfigureAwait(false) is { } refusal)
         {
             return refusal;
         }
@@ -350,7 +333,7 @@ internal static class JobEndpoints
 
     private static async Task<IResult> RestoreAsync(HttpContext context, string tenant, RestoreRequest request, ManagementDb db, JobService jobs, Audit audit)
     {
-        if (await CheckTenantAsync(context, db, tenant, write: true).ConfigureAwait(false) is { } refusal)
+        if (await context.TenantAccessAsync(db, tenant, write: true).ConfigureAwait(false) is { } refusal)
         {
             return refusal;
         }
@@ -386,7 +369,7 @@ internal static class JobEndpoints
 
     private static async Task<IResult> ListTargetsAsync(HttpContext context, string tenant, ManagementDb db)
     {
-        if (await CheckTenantAsync(context, db, tenant, write: false).ConfigureAwait(false) is { } refusal)
+        if (await context.TenantAccessAsync(db, tenant, write: false).ConfigureAwait(false) is { } refusal)
         {
             return refusal;
         }
@@ -396,7 +379,7 @@ internal static class JobEndpoints
 
     private static async Task<IResult> CreateTargetAsync(HttpContext context, string tenant, CreateNotificationTarget request, ManagementDb db, Audit audit, TimeProvider time)
     {
-        if (await CheckTenantAsync(context, db, tenant, write: true).ConfigureAwait(false) is { } refusal)
+        if (await context.TenantAccessAsync(db, tenant, write: true).ConfigureAwait(false) is { } refusal)
         {
             return refusal;
         }
@@ -421,7 +404,7 @@ internal static class JobEndpoints
 
     private static async Task<IResult> DeleteTargetAsync(HttpContext context, string tenant, string target, ManagementDb db, Audit audit)
     {
-        if (await CheckTenantAsync(context, db, tenant, write: true).ConfigureAwait(false) is { } refusal)
+        if (await context.TenantAccessAsync(db, tenant, write: true).ConfigureAwait(false) is { } refusal)
         {
             return refusal;
         }

@@ -45,7 +45,7 @@ public sealed class JobService(ManagementDb db, TimeProvider time, Audit audit, 
         snapshot_id AS SnapshotId, stats AS Stats, progress AS Progress, message AS Message, params AS Params
         """;
 
-    private const string PlanColumns = "id AS Id, tenant_id AS TenantId, name AS Name, client_id AS ClientId, group_id AS GroupId, spec AS Spec, schedule AS Schedule, next_run AS NextRun, run_on_ready AS RunOnReady, created AS Created";
+    internal const string PlanColumns = "id AS Id, tenant_id AS TenantId, name AS Name, client_id AS ClientId, group_id AS GroupId, spec AS Spec, schedule AS Schedule, next_run AS NextRun, run_on_ready AS RunOnReady, created AS Created";
 
     // ---- queueing ---------------------------------------------------------------------------------------------
 
@@ -57,6 +57,12 @@ public sealed class JobService(ManagementDb db, TimeProvider time, Audit audit, 
     {
         var result = await db.InTransactionAsync(async (c, tx) =>
         {
+            if (db.Dialect == SqlDialect.PostgreSql)
+            {
+                // Check-then-insert must not interleave (SQLite's BEGIN IMMEDIATE serialises it already).
+                await c.ExecuteAsync("SELECT pg_advisory_xact_lock(hashtext(@clientId))", new { clientId }, tx).ConfigureAwait(false);
+            }
+
             string? active = await c.QuerySingleOrDefaultAsync<string>(
                 "SELECT id FROM jobs WHERE client_id = @clientId AND plan_id = @planId AND state IN ('queued', 'running', 'verifying')",
                 new { clientId, planId }, tx).ConfigureAwait(false);
@@ -205,7 +211,7 @@ public sealed class JobService(ManagementDb db, TimeProvider time, Audit audit, 
                 var row = await db.QuerySingleOrDefaultAsync<PlanRow>($"SELECT {PlanColumns} FROM plans WHERE id = @id", new { id = job.PlanId }, ct).ConfigureAwait(false);
                 if (row is null)
                 {
-                    await FinishAsync(job, JobStates.Failed, "the plan was deleted before the job ran", ct).ConfigureAwait(false);
+                    await FinishAsync(job with { State = JobStates.Running }, JobStates.Failed, "the plan was deleted before the job ran", ct).ConfigureAwait(false);
                     continue;
                 }
 
@@ -236,24 +242,18 @@ public sealed class JobService(ManagementDb db, TimeProvider time, Audit audit, 
         string now = Clock.Format(time.GetUtcNow());
         if (!JobStates.IsFinal(report.State))
         {
-            if (JobStates.IsFinal(job.State) && job.State != JobStates.Interrupted)
-            {
-                return true; // a late progress report for a job that ended: nothing to change
-            }
-
+            // Conditional, so a late progress report never reopens a job that ended (an "interrupted" the server
+            // concluded from silence excepted).
             await db.ExecuteAsync(
-                "UPDATE jobs SET state = @state, last_report = @now, progress = @progress, started = COALESCE(started, @now), finished = NULL WHERE id = @id",
-                new { id = jobId, state = report.State, now, progress = report.Progress is null ? job.Progress : JsonSerializer.Serialize(report.Progress, Json) }, ct).ConfigureAwait(false);
+                "UPDATE jobs SET state = @state, last_report = @now, progress = COALESCE(@progress, progress), started = COALESCE(started, @now), finished = NULL WHERE id = @id AND (finished IS NULL OR state = 'interrupted')",
+                new { id = jobId, state = report.State, now, progress = report.Progress is null ? null : JsonSerializer.Serialize(report.Progress, Json) }, ct).ConfigureAwait(false);
             return true;
         }
 
-        if (job.State == report.State && job.Finished is not null)
-        {
-            return true; // the same final report again (the agent's queue resends after a lost answer)
-        }
-
-        await db.ExecuteAsync(
-            "UPDATE jobs SET state = @state, last_report = @now, finished = @finished, snapshot_id = @snapshot, stats = @stats, message = @message, progress = COALESCE(@progress, progress) WHERE id = @id",
+        // Conditional too: the same final report again (the agent's queue resends after a lost answer) changes
+        // nothing and is not announced twice.
+        int changed = await db.ExecuteAsync(
+            "UPDATE jobs SET state = @state, last_report = @now, finished = @finished, snapshot_id = @snapshot, stats = @stats, message = @message, progress = COALESCE(@progress, progress) WHERE id = @id AND NOT (state = @state AND finished IS NOT NULL)",
             new
             {
                 id = jobId,
@@ -265,8 +265,12 @@ public sealed class JobService(ManagementDb db, TimeProvider time, Audit audit, 
                 message = report.Message,
                 progress = report.Progress is null ? null : JsonSerializer.Serialize(report.Progress, Json),
             }, ct).ConfigureAwait(false);
-        await audit.WriteAsync($"client:{agent.Name}", agent.TenantId, $"job.{report.State}", $"{job.Kind} job {jobId[..8]} {report.State}{(report.Message is { } m ? ": " + m : "")}", ct).ConfigureAwait(false);
-        await notifier.JobEndedAsync(jobId, ct).ConfigureAwait(false);
+        if (changed == 1)
+        {
+            notifier.JobEnded(jobId);
+            await audit.WriteAsync($"client:{agent.Name}", agent.TenantId, $"job.{report.State}", $"{job.Kind} job {jobId[..8]} {report.State}{(report.Message is { } m ? ": " + m : "")}", CancellationToken.None).ConfigureAwait(false);
+        }
+
         return true;
     }
 
@@ -279,8 +283,8 @@ public sealed class JobService(ManagementDb db, TimeProvider time, Audit audit, 
         if (n == 1)
         {
             log.LogWarning("job {Job} of client {Client}: {State}: {Message}", job.Id[..8], job.ClientId[..8], state, message);
-            await audit.WriteAsync("server", job.TenantId, $"job.{state}", $"{job.Kind} job {job.Id[..8]} {state}: {message}", ct).ConfigureAwait(false);
-            await notifier.JobEndedAsync(job.Id, ct).ConfigureAwait(false);
+            notifier.JobEnded(job.Id);
+            await audit.WriteAsync("server", job.TenantId, $"job.{state}", $"{job.Kind} job {job.Id[..8]} {state}: {message}", CancellationToken.None).ConfigureAwait(false);
         }
     }
 
@@ -322,8 +326,8 @@ public sealed class JobService(ManagementDb db, TimeProvider time, Audit audit, 
             {
                 string client = await db.QuerySingleOrDefaultAsync<string>("SELECT name FROM clients WHERE id = @id", new { id = job.ClientId }, ct).ConfigureAwait(false) ?? job.ClientId;
                 log.LogWarning("client {Client} missed its scheduled backup (job {Job} queued at {Queued})", client, job.Id[..8], job.Queued);
-                await audit.WriteAsync("server", job.TenantId, "job.missed", $"client {client} missed its scheduled backup: job {job.Id[..8]} queued at {job.Queued} has not started", ct).ConfigureAwait(false);
-                await notifier.MissedAsync(job.Id, client, ct).ConfigureAwait(false);
+                notifier.Missed(job.Id);
+                await audit.WriteAsync("server", job.TenantId, "job.missed", $"client {client} missed its scheduled backup: job {job.Id[..8]} queued at {job.Queued} has not started", CancellationToken.None).ConfigureAwait(false);
             }
         }
     }

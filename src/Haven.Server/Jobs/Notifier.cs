@@ -2,7 +2,6 @@ using System.Net.Http.Json;
 using System.Net.Mail;
 using System.Text;
 using System.Threading.Channels;
-using Dapper;
 using Haven.Protocol;
 using Haven.Server.Database;
 using Microsoft.Extensions.Logging;
@@ -53,9 +52,11 @@ public sealed class Notifier(ManagementDb db, SmtpOptions? smtp, ILogger<Notifie
     private readonly Channel<(string Event, string JobId)> _queue = Channel.CreateUnbounded<(string, string)>();
     private readonly HttpClient _http = new() { Timeout = TimeSpan.FromSeconds(15) };
 
-    public ValueTask JobEndedAsync(string jobId, CancellationToken ct) => _queue.Writer.WriteAsync(("job.ended", jobId), ct);
+    /// <summary>Queues the message about a job's end. Never fails and never waits (the queue is unbounded), so a
+    /// caller whose request was cancelled after the job's state was saved still gets its message out.</summary>
+    public void JobEnded(string jobId) => _queue.Writer.TryWrite(("job.ended", jobId));
 
-    public ValueTask MissedAsync(string jobId, string clientName, CancellationToken ct) => _queue.Writer.WriteAsync(("job.missed", jobId), ct);
+    public void Missed(string jobId) => _queue.Writer.TryWrite(("job.missed", jobId));
 
     /// <summary>Sends queued messages until <paramref name="ct"/> ends.</summary>
     public async Task RunAsync(CancellationToken ct)

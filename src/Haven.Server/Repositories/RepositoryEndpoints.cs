@@ -53,31 +53,24 @@ internal static class RepositoryEndpoints
         app.MapPut("/api/v1/tenants/{tenant}/quota", SetQuotaAsync);
     }
 
-    /// <summary>Who is asking, for which tenant, with which rights.</summary>
-    private sealed record Scope(string TenantId, string Actor, bool IsAgent, bool MayWrite, bool MayDelete);
+    /// <summary>Who is asking, for which tenant: an agent (append-only) or an administrator (who may delete).</summary>
+    private sealed record Scope(string TenantId, string Actor, bool IsAgent);
 
     /// <summary>The caller's scope, or the answer refusing it (another tenant's repository is "not found").</summary>
     private static async Task<(Scope? Scope, IResult? Refusal)> ScopeAsync(HttpContext context, ManagementDb db, bool write)
     {
         if (context.Items[Authentication.AgentKey] is AgentPrincipal agent)
         {
-            return (new Scope(agent.TenantId, $"client:{agent.Name}", true, true, false), null);
+            return (new Scope(agent.TenantId, $"client:{agent.Name}", IsAgent: true), null);
         }
 
-        var admin = context.Admin();
         string tenant = context.Request.RouteValues["tenant"] as string ?? "";
-        if (!admin.CanRead(tenant) || await db.QuerySingleOrDefaultAsync<string>("SELECT id FROM tenants WHERE id = @tenant", new { tenant }, context.RequestAborted).ConfigureAwait(false) is null)
+        if (await context.TenantAccessAsync(db, tenant, write, "viewers read the repository; writing takes an administrator").ConfigureAwait(false) is { } refusal)
         {
-            return (null, ApiResults.NotFound($"tenant {tenant}"));
+            return (null, refusal);
         }
 
-        bool mayWrite = admin.CanWrite(tenant);
-        if (write && !mayWrite)
-        {
-            return (null, ApiResults.Forbidden("viewers read the repository; writing takes an administrator"));
-        }
-
-        return (new Scope(tenant, $"admin:{admin.Name}", false, mayWrite, mayWrite), null);
+        return (new Scope(tenant, $"admin:{context.Admin().Name}", IsAgent: false), null);
     }
 
     private static bool TryHandle(string folder, string name, out StoreHandle handle)
@@ -124,9 +117,7 @@ internal static class RepositoryEndpoints
 
         return await GuardAsync(context, async () =>
         {
-            var row = await db.QuerySingleOrDefaultAsync<UsageRow>("SELECT usage_bytes AS UsageBytes, quota_bytes AS QuotaBytes FROM tenants WHERE id = @id", new { id = scope.TenantId }, context.RequestAborted).ConfigureAwait(false);
-            bool initialized = await repositories.For(scope.TenantId).StatAsync(StoreHandle.Config, context.RequestAborted).ConfigureAwait(false) is not null;
-            return ApiResults.Ok(new RepositoryInfo(scope.TenantId, initialized, row?.UsageBytes ?? 0, row?.QuotaBytes));
+            return ApiResults.Ok(await RepositoryInfoAsync(db, repositories, scope.TenantId, context.RequestAborted).ConfigureAwait(false));
         }).ConfigureAwait(false);
     }
 
@@ -217,22 +208,27 @@ internal static class RepositoryEndpoints
                 return ApiResults.Error(StatusCodes.Status416RangeNotSatisfiable, "bad_range", $"one range 'bytes=FROM-TO' of at most {MaxRange} bytes is served");
             }
 
-            if (await store.StatAsync(handle, ct).ConfigureAwait(false) is not { } stat)
+            int length = (int)(to - from + 1);
+            var buffer = new byte[length];
+            try
             {
-                return NoSuchFile(folder, name);
+                // One read per range (a restore asks for every blob this way); the size is looked up only to
+                // explain a range past the end.
+                await store.ReadRangeAsync(handle, from, buffer, ct).ConfigureAwait(false);
             }
-
-            if (to >= stat.Size)
+            catch (StoreException e) when (e.Kind == StoreErrorKind.Permanent)
             {
+                if (await store.StatAsync(handle, ct).ConfigureAwait(false) is not { } stat || to < stat.Size)
+                {
+                    throw;
+                }
+
                 context.Response.Headers.ContentRange = $"bytes */{stat.Size}";
                 return ApiResults.Error(StatusCodes.Status416RangeNotSatisfiable, "bad_range", $"{folder}/{name} has {stat.Size} bytes; bytes {from}-{to} are past its end");
             }
 
-            int length = (int)(to - from + 1);
-            var buffer = new byte[length];
-            await store.ReadRangeAsync(handle, from, buffer, ct).ConfigureAwait(false);
             context.Response.StatusCode = StatusCodes.Status206PartialContent;
-            context.Response.Headers.ContentRange = $"bytes {from}-{to}/{stat.Size}";
+            context.Response.Headers.ContentRange = $"bytes {from}-{to}/*";
             context.Response.ContentType = "application/octet-stream";
             context.Response.ContentLength = length;
             await context.Response.Body.WriteAsync(buffer, ct).ConfigureAwait(false);
@@ -284,7 +280,7 @@ internal static class RepositoryEndpoints
             bool charged = handle.Kind != FileKind.Lock;
             if (charged && !await ChargeAsync(db, scope.TenantId, length, ct).ConfigureAwait(false))
             {
-                var usage = await db.QuerySingleOrDefaultAsync<UsageRow>("SELECT usage_bytes AS UsageBytes, quota_bytes AS QuotaBytes FROM tenants WHERE id = @id", new { id = scope.TenantId }, ct).ConfigureAwait(false);
+                var usage = await UsageAsync(db, scope.TenantId, ct).ConfigureAwait(false);
                 return ApiResults.Error(
                     StatusCodes.Status507InsufficientStorage,
                     "quota_exceeded",
@@ -374,7 +370,7 @@ internal static class RepositoryEndpoints
             return NoSuchFile(folder, name);
         }
 
-        if (!scope.MayDelete && handle.Kind != FileKind.Lock)
+        if (scope.IsAgent && handle.Kind != FileKind.Lock)
         {
             return ApiResults.Forbidden("the repository is append-only for clients: they remove nothing but their own locks; the server's maintenance deletes");
         }
@@ -524,12 +520,18 @@ internal static class RepositoryEndpoints
         }
 
         await audit.WriteAsync($"admin:{admin.Name}", tenant, "tenant.quota", request.QuotaBytes is { } q ? $"quota set to {q} bytes" : "quota removed", context.RequestAborted).ConfigureAwait(false);
-        var row = await db.QuerySingleOrDefaultAsync<UsageRow>("SELECT usage_bytes AS UsageBytes, quota_bytes AS QuotaBytes FROM tenants WHERE id = @tenant", new { tenant }, context.RequestAborted).ConfigureAwait(false);
-        return await GuardAsync(context, async () =>
-        {
-            bool initialized = await repositories.For(tenant).StatAsync(StoreHandle.Config, context.RequestAborted).ConfigureAwait(false) is not null;
-            return ApiResults.Ok(new RepositoryInfo(tenant, initialized, row!.UsageBytes, row.QuotaBytes));
-        }).ConfigureAwait(false);
+        return await GuardAsync(context, async () => ApiResults.Ok(await RepositoryInfoAsync(db, repositories, tenant, context.RequestAborted).ConfigureAwait(false))).ConfigureAwait(false);
+    }
+
+    private static Task<UsageRow?> UsageAsync(ManagementDb db, string tenant, CancellationToken ct) =>
+        db.QuerySingleOrDefaultAsync<UsageRow>("SELECT usage_bytes AS UsageBytes, quota_bytes AS QuotaBytes FROM tenants WHERE id = @tenant", new { tenant }, ct);
+
+    /// <summary>Bytes stored, the quota, and whether the repository was initialised (it has a config).</summary>
+    private static async Task<RepositoryInfo> RepositoryInfoAsync(ManagementDb db, TenantRepositories repositories, string tenant, CancellationToken ct)
+    {
+        var usage = await UsageAsync(db, tenant, ct).ConfigureAwait(false);
+        bool initialized = await repositories.For(tenant).StatAsync(StoreHandle.Config, ct).ConfigureAwait(false) is not null;
+        return new RepositoryInfo(tenant, initialized, usage?.UsageBytes ?? 0, usage?.QuotaBytes);
     }
 
     private static bool IsHexId(string? s) => s is { Length: 64 } && s.All(char.IsAsciiHexDigitLower);

@@ -21,7 +21,7 @@ public sealed class Authentication(RequestDelegate next, ManagementDb db, Certif
     public const string AdminKey = "haven.admin";
     public const string AgentKey = "haven.agent";
 
-    private static readonly string[] Open = ["/api/v1/health", "/api/v1/ca", "/api/v1/enroll", "/api/v1/auth/token", "/api/v1/openapi.json"];
+    private static readonly string[] Open = ["/api/v1/health", "/api/v1/ca", "/api/v1/enroll", "/api/v1/auth/token"];
 
     public async Task InvokeAsync(HttpContext context)
     {
