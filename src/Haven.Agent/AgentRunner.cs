@@ -44,49 +44,64 @@ public sealed class AgentRunner(AgentState state, AgentRunOptions? options = nul
         var identity = state.LoadIdentity();
         Log($"client {identity.ClientName} of {identity.ServerUrl}, state in {state.Folder}");
         string? ready = "start";
-        while (!ct.IsCancellationRequested)
+        ApiClient? api = null; // kept between polls; made again after an outage or a certificate renewal
+        try
         {
-            try
+            while (!ct.IsCancellationRequested)
             {
-                if (ready is not null)
+                try
                 {
-                    var answer = await AgentClient.ReadyAsync(state, ready, ct).ConfigureAwait(false);
-                    Log($"ready ({ready}); the server queued {answer.JobsQueued} job(s)");
-                    ready = null;
-                }
+                    if (ready is not null)
+                    {
+                        var answer = await AgentClient.ReadyAsync(state, ready, ct).ConfigureAwait(false);
+                        Log($"ready ({ready}); the server queued {answer.JobsQueued} job(s)");
+                        ready = null;
+                        if (answer.RenewCertificate)
+                        {
+                            api?.Dispose();
+                            api = null;
+                        }
+                    }
 
-                using var api = AgentClient.Connect(state, TimeSpan.FromSeconds(_options.PollWaitSeconds + 30));
-                await FlushReportsAsync(api, ct).ConfigureAwait(false);
-                var poll = await api.PostAsync<PollResponse>("api/v1/agent/poll", new PollRequest(_options.PollWaitSeconds), ct).ConfigureAwait(false);
-                foreach (var job in poll.Jobs)
-                {
-                    await RunJobAsync(api, job, ct).ConfigureAwait(false);
+                    api ??= AgentClient.Connect(state, TimeSpan.FromSeconds(_options.PollWaitSeconds + 30));
+                    await FlushReportsAsync(api, ct).ConfigureAwait(false);
+                    var poll = await api.PostAsync<PollResponse>("api/v1/agent/poll", new PollRequest(_options.PollWaitSeconds), ct).ConfigureAwait(false);
+                    foreach (var job in poll.Jobs)
+                    {
+                        await RunJobAsync(api, job, ct).ConfigureAwait(false);
+                    }
                 }
-            }
-            catch (OperationCanceledException) when (ct.IsCancellationRequested)
-            {
-                break;
-            }
-            catch (HavenException e) when (e.Code == ErrorCode.Unavailable)
-            {
-                if (ready is null)
+                catch (OperationCanceledException) when (ct.IsCancellationRequested)
                 {
-                    Log($"the server cannot be reached ({e.Message}); trying again every {_options.RetryDelay.TotalSeconds:0} s");
+                    break;
                 }
+                catch (HavenException e) when (e.Code == ErrorCode.Unavailable)
+                {
+                    if (ready is null)
+                    {
+                        Log($"the server cannot be reached ({e.Message}); trying again every {_options.RetryDelay.TotalSeconds:0} s");
+                    }
 
-                ready = "network";
-                await DelayAsync(_options.RetryDelay, ct).ConfigureAwait(false);
+                    ready = "network";
+                    api?.Dispose();
+                    api = null;
+                    await DelayAsync(_options.RetryDelay, ct).ConfigureAwait(false);
+                }
+                catch (HavenException e) when (e.Code == ErrorCode.AccessDenied)
+                {
+                    Log($"the server refused this agent: {e.Message}");
+                    throw;
+                }
+                catch (HavenException e)
+                {
+                    Log($"error: {e.Message}");
+                    await DelayAsync(_options.RetryDelay, ct).ConfigureAwait(false);
+                }
             }
-            catch (HavenException e) when (e.Code == ErrorCode.AccessDenied)
-            {
-                Log($"the server refused this agent: {e.Message}");
-                throw;
-            }
-            catch (HavenException e)
-            {
-                Log($"error: {e.Message}");
-                await DelayAsync(_options.RetryDelay, ct).ConfigureAwait(false);
-            }
+        }
+        finally
+        {
+            api?.Dispose();
         }
 
         Log("stopped");
@@ -107,7 +122,7 @@ public sealed class AgentRunner(AgentState state, AgentRunOptions? options = nul
 
     private async Task RunJobAsync(ApiClient api, JobAssignment job, CancellationToken ct)
     {
-        Log($"job {job.JobId[..8]}: {job.Kind}{(job.Plan is { } p ? $" of plan {p.Name}" : "")}");
+        Log($"job {Short(job.JobId)}: {job.Kind}{(job.Plan is { } p ? $" of plan {p.Name}" : "")}");
         var started = DateTimeOffset.UtcNow;
         JobReport final;
         try
@@ -123,13 +138,14 @@ public sealed class AgentRunner(AgentState state, AgentRunOptions? options = nul
         {
             final = new JobReport(JobStates.Interrupted, Message: "the agent was stopped while the job ran; the next run resumes it");
         }
-        catch (Exception e) when (e is HavenException or StoreException or IOException or UnauthorizedAccessException)
+        catch (Exception e)
         {
+            // Whatever went wrong (a timeout included), the job is reported and the agent goes on serving.
             final = new JobReport(JobStates.Failed, Message: e.Message + (e is HavenException { Hint: { } hint } ? $" ({hint})" : ""));
         }
 
         final = final with { Time = DateTimeOffset.UtcNow };
-        Log($"job {job.JobId[..8]}: {final.State} after {(DateTimeOffset.UtcNow - started).TotalSeconds:0.0} s{(final.Message is { } m ? ": " + m : "")}");
+        Log($"job {Short(job.JobId)}: {final.State} after {(DateTimeOffset.UtcNow - started).TotalSeconds:0.0} s{(final.Message is { } m ? ": " + m : "")}");
         // The final report is written down before it is sent: it must reach the server even if the agent is killed
         // or the server is away right now.
         EnqueueReport(job.JobId, final);
@@ -139,20 +155,40 @@ public sealed class AgentRunner(AgentState state, AgentRunOptions? options = nul
         }
         catch (HavenException e) when (e.Code == ErrorCode.Unavailable)
         {
-            Log($"the report of job {job.JobId[..8]} waits in the queue: {e.Message}");
+            Log($"the report of job {Short(job.JobId)} waits in the queue: {e.Message}");
         }
     }
 
-    /// <summary>Sends a progress report; a failure is not an error (the next one, or the final report, follows).</summary>
-    private static async Task ProgressAsync(ApiClient api, string jobId, string stateName, JobProgress progress, CancellationToken ct)
+    private static string Short(string id) => id.Length > 8 ? id[..8] : id;
+
+    private static Task SendReportAsync(ApiClient api, string jobId, JobReport report, CancellationToken ct) =>
+        api.PostAsync<JsonElement?>($"api/v1/agent/jobs/{jobId}/report", report, ct);
+
+    /// <summary>
+    /// Waits for <paramref name="work"/>, reporting <paramref name="stateName"/> with <paramref name="progress"/> every
+    /// <see cref="AgentRunOptions.ProgressInterval"/> so the server knows the job is alive. The wait itself ignores
+    /// cancellation: the work sees the token and ends, and it must end before its repository and lock are released.
+    /// A failed progress report is not an error (the next one, or the final report, follows).
+    /// </summary>
+    private async Task<T> ReportWhileAsync<T>(ApiClient api, string jobId, string stateName, Task<T> work, Func<JobProgress> progress, CancellationToken ct)
     {
-        try
+        while (await Task.WhenAny(work, Task.Delay(_options.ProgressInterval, CancellationToken.None)).ConfigureAwait(false) != work)
         {
-            await api.SendAsync<JsonElement?>(HttpMethod.Post, $"api/v1/agent/jobs/{jobId}/report", new JobReport(stateName, progress), ct).ConfigureAwait(false);
+            if (ct.IsCancellationRequested)
+            {
+                continue;
+            }
+
+            try
+            {
+                await SendReportAsync(api, jobId, new JobReport(stateName, progress()), ct).ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is HavenException or OperationCanceledException)
+            {
+            }
         }
-        catch (HavenException)
-        {
-        }
+
+        return await work.ConfigureAwait(false);
     }
 
     /// <summary>The tenant's repository: the key from enrolment, retries long enough to ride out a server restart.</summary>
@@ -203,21 +239,23 @@ public sealed class AgentRunner(AgentState state, AgentRunOptions? options = nul
             BeforeCommit = repoLock.EnsureValid,
         };
         var archiver = new Archiver(repo, options);
-        var run = archiver.RunAsync(ct);
-        while (await Task.WhenAny(run, Task.Delay(_options.ProgressInterval, ct)).ConfigureAwait(false) != run)
+        var result = await ReportWhileAsync(api, jobId, JobStates.Running, archiver.RunAsync(ct), () =>
         {
             var p = archiver.Progress;
-            await ProgressAsync(api, jobId, JobStates.Running, new JobProgress(p.FilesDone, p.FilesTotal, p.BytesDone, p.BytesTotal, p.Errors, DateTimeOffset.UtcNow), ct).ConfigureAwait(false);
-        }
-
-        var result = await run.ConfigureAwait(false);
+            return new JobProgress(p.FilesDone, p.FilesTotal, p.BytesDone, p.BytesTotal, p.Errors, DateTimeOffset.UtcNow);
+        }, ct).ConfigureAwait(false);
         var sum = result.Snapshot.Summary!;
-        var stats = new JobStats(sum.FilesNew, sum.FilesChanged, sum.FilesUnmodified, 0, sum.TotalBytesProcessed, sum.DataAdded, sum.DataAddedStored, 0, result.ErrorCount, (sum.BackupEnd - sum.BackupStart).TotalSeconds);
+        var stats = new JobStats(sum.FilesNew, sum.FilesChanged, sum.FilesUnmodified, 0, sum.TotalBytesProcessed, sum.DataAdded, sum.DataAddedStored, result.BytesFoundInCatalog, result.ErrorCount, (sum.BackupEnd - sum.BackupStart).TotalSeconds);
         var last = new JobProgress(sum.TotalFilesProcessed, sum.TotalFilesProcessed, sum.TotalBytesProcessed, sum.TotalBytesProcessed, result.ErrorCount, DateTimeOffset.UtcNow);
 
-        // Verifying: the snapshot must read back, and every chunk it names must be in the repository's index.
-        await ProgressAsync(api, jobId, JobStates.Verifying, last, ct).ConfigureAwait(false);
-        string? problem = await VerifyAsync(repo, result.SnapshotId!.Value, ct).ConfigureAwait(false);
+        // Verifying: the snapshot must read back, and every chunk it names must be in the repository's index. Chunks
+        // another client stored (the catalog's answers) are in index files this agent has not loaded yet.
+        if (result.BlobsFoundInCatalog > 0)
+        {
+            await repo.LoadIndexAsync(ct).ConfigureAwait(false);
+        }
+
+        string? problem = await ReportWhileAsync(api, jobId, JobStates.Verifying, VerifyAsync(repo, result.SnapshotId!.Value, ct), () => last with { Time = DateTimeOffset.UtcNow }, ct).ConfigureAwait(false);
         if (problem is not null)
         {
             return new JobReport(JobStates.Failed, last, stats, result.SnapshotId.ToString(), problem);
@@ -233,7 +271,6 @@ public sealed class AgentRunner(AgentState state, AgentRunOptions? options = nul
     private static async Task<string?> VerifyAsync(Repository.Repository repo, ObjectId snapshotId, CancellationToken ct)
     {
         var snapshot = await repo.LoadSnapshotAsync(snapshotId, ct).ConfigureAwait(false);
-        await repo.LoadIndexAsync(ct).ConfigureAwait(false); // includes index files of other clients the catalog pointed to
         var pending = new Stack<ObjectId>([snapshot.TreeId]);
         var seen = new HashSet<ObjectId>();
         while (pending.TryPop(out var tree))
@@ -276,14 +313,11 @@ public sealed class AgentRunner(AgentState state, AgentRunOptions? options = nul
 
         var restorer = new Restorer(repo, new RestoreOptions { Target = spec.Target, Includes = includes, Verify = true });
         var started = DateTimeOffset.UtcNow;
-        var run = restorer.RunAsync(snapshot.TreeId, ct);
-        while (await Task.WhenAny(run, Task.Delay(_options.ProgressInterval, ct)).ConfigureAwait(false) != run)
+        var result = await ReportWhileAsync(api, jobId, JobStates.Running, restorer.RunAsync(snapshot.TreeId, ct), () =>
         {
             var p = restorer.Progress;
-            await ProgressAsync(api, jobId, JobStates.Running, new JobProgress(p.FilesDone, p.FilesTotal, p.BytesDone, p.BytesTotal, p.Errors, DateTimeOffset.UtcNow), ct).ConfigureAwait(false);
-        }
-
-        var result = await run.ConfigureAwait(false);
+            return new JobProgress(p.FilesDone, p.FilesTotal, p.BytesDone, p.BytesTotal, p.Errors, DateTimeOffset.UtcNow);
+        }, ct).ConfigureAwait(false);
         var stats = new JobStats(0, 0, 0, result.Files, result.Bytes, 0, 0, 0, result.Errors.Count, (DateTimeOffset.UtcNow - started).TotalSeconds);
         var last = new JobProgress(result.Files, result.Files, result.Bytes, result.Bytes, result.Errors.Count, DateTimeOffset.UtcNow);
         string message = $"restored snapshot {id.Short} ({result.Files} files, {result.Verified} verified) to {spec.Target}"
@@ -330,11 +364,11 @@ public sealed class AgentRunner(AgentState state, AgentRunOptions? options = nul
             {
                 try
                 {
-                    await api.SendAsync<JsonElement?>(HttpMethod.Post, $"api/v1/agent/jobs/{jobId}/report", report, ct).ConfigureAwait(false);
+                    await SendReportAsync(api, jobId, report, ct).ConfigureAwait(false);
                 }
                 catch (HavenException e) when (e.Code is ErrorCode.NotFound or ErrorCode.Usage)
                 {
-                    Log($"the server dropped the report of job {jobId[..Math.Min(8, jobId.Length)]}: {e.Message}");
+                    Log($"the server dropped the report of job {Short(jobId)}: {e.Message}");
                 }
             }
 

@@ -9,15 +9,16 @@ namespace Haven.Agent;
 /// <summary>What an enrolled agent keeps in its state folder (<c>agent.json</c>): whom it belongs to and where the server is.</summary>
 public sealed record AgentIdentity(string ServerUrl, string CaFingerprint, string ClientId, string TenantId, string ClientName, DateTimeOffset Enrolled);
 
-/// <summary>
-/// The agent's state folder: <c>agent.json</c>, its certificate with its private key <c>client.pem</c> (one file, so
-/// they are replaced together; mode 0600) and the server CA <c>ca.pem</c>. Every file is replaced atomically (write, fsync, rename), so
-/// a crash or a kill leaves the old or the new state, never a mix. It survives restarts; deleting it means
-/// enrolling again.
-/// </summary>
 /// <summary>The secret that opens one key file of the tenant's repository (docs/key-model.md).</summary>
 public sealed record RepositoryKeySecret(string KeyId, string Secret);
 
+/// <summary>
+/// The agent's state folder: <c>agent.json</c>, its certificate with its private key <c>client.pem</c> (one file, so
+/// they are replaced together; mode 0600), the server CA <c>ca.pem</c> and the repository key secret
+/// <c>repository-key.json</c> (0600); the daemon adds <c>cache/</c>, <c>spool/</c> and <c>queue/</c>. Every file is
+/// replaced atomically (write, fsync, rename), so a crash or a kill leaves the old or the new state, never a mix. It
+/// survives restarts; deleting it means enrolling again.
+/// </summary>
 public sealed class AgentState
 {
     public AgentState(string folder) => Folder = Path.GetFullPath(folder);

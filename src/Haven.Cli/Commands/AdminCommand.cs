@@ -3,7 +3,6 @@ using System.Text.Json;
 using Haven.Cli.Infrastructure;
 using Haven.Core;
 using Haven.Protocol;
-using Haven.Server;
 
 namespace Haven.Cli.Commands;
 
@@ -42,7 +41,7 @@ public static class AdminCommand
         return command;
     }
 
-    private static Option<string> TenantOption() => new("--tenant") { Description = "Tenant name or id", Required = true };
+    internal static Option<string> TenantOption() => new("--tenant") { Description = "Tenant name or id", Required = true };
 
     private static Command Tenants()
     {
@@ -82,10 +81,8 @@ public static class AdminCommand
             Description = "Give the client the key of the tenant's repository: adds a key file opened by a secret that only the token carries (asks for the repository password; see docs/key-model.md)",
         };
         var c = new Command("token-create", "Create an enrolment token for 'haven agent enroll'") { tenant, client, uses, expires, repositoryKey };
-        Runner.SetHandler(c, async (ctx, ct) =>
+        SetHandler(c, tenant, async (ctx, api, tenantId, ct) =>
         {
-            using var api = await ConnectAsync(ctx, ct);
-            string tenantId = await ResolveTenantAsync(api, ctx.Parse.GetValue(tenant)!, ct);
             long? seconds = ctx.Parse.GetValue(expires) is { } e ? (long)Units.ParseDuration(e, "--expires").TotalSeconds : null;
             string? keyId = null;
             byte[]? keySecret = null;
@@ -120,10 +117,8 @@ public static class AdminCommand
     {
         var tenant = TenantOption();
         var c = new Command("clients", "List a tenant's enrolled clients") { tenant };
-        Runner.SetHandler(c, async (ctx, ct) =>
+        SetHandler(c, tenant, async (ctx, api, tenantId, ct) =>
         {
-            using var api = await ConnectAsync(ctx, ct);
-            string tenantId = await ResolveTenantAsync(api, ctx.Parse.GetValue(tenant)!, ct);
             var clients = await api.GetAsync<List<ClientInfo>>($"api/v1/tenants/{tenantId}/clients", ct);
             Print(ctx, clients, x => $"{x.Id}  {x.Name,-20} {(x.Revoked is { } r ? $"REVOKED {r:yyyy-MM-dd}" : $"last seen {x.LastSeen?.ToString("yyyy-MM-dd HH:mm") ?? "never"}")}  certificate until {x.CertificateNotAfter:yyyy-MM-dd}");
             return 0;
@@ -136,10 +131,8 @@ public static class AdminCommand
         var tenant = TenantOption();
         var client = new Argument<string>("client") { Description = "Client name or id" };
         var c = new Command("revoke", "Revoke a client: its certificates stop working at once") { tenant, client };
-        Runner.SetHandler(c, async (ctx, ct) =>
+        SetHandler(c, tenant, async (ctx, api, tenantId, ct) =>
         {
-            using var api = await ConnectAsync(ctx, ct);
-            string tenantId = await ResolveTenantAsync(api, ctx.Parse.GetValue(tenant)!, ct);
             string wanted = ctx.Parse.GetValue(client)!;
             var clients = await api.GetAsync<List<ClientInfo>>($"api/v1/tenants/{tenantId}/clients", ct);
             var match = clients.FirstOrDefault(x => x.Id == wanted || x.Name == wanted)
@@ -157,10 +150,8 @@ public static class AdminCommand
         var tenant = TenantOption();
         var quota = new Option<string?>("--quota") { Description = "Set the tenant's quota (e.g. 500G), or 'none' (provider administrators)" };
         var c = new Command("repository", "Show a tenant's hosted repository (bytes stored, quota), or set its quota") { tenant, quota };
-        Runner.SetHandler(c, async (ctx, ct) =>
+        SetHandler(c, tenant, async (ctx, api, tenantId, ct) =>
         {
-            using var api = await ConnectAsync(ctx, ct);
-            string tenantId = await ResolveTenantAsync(api, ctx.Parse.GetValue(tenant)!, ct);
             RepositoryInfo info = ctx.Parse.GetValue(quota) is { } q
                 ? await api.SendAsync<RepositoryInfo>(HttpMethod.Put, $"api/v1/tenants/{tenantId}/quota", new SetQuotaRequest(q == "none" ? null : Units.ParseSize(q, "--quota")), ct)
                 : await api.GetAsync<RepositoryInfo>($"api/v1/tenants/{tenantId}/repository", ct);
@@ -225,26 +216,24 @@ public static class AdminCommand
         ctx.Output.JsonResult(JsonSerializer.SerializeToNode(rows, ProtocolJson.Options)!);
     }
 
-    private static async Task<string> ResolveTenantAsync(ApiClient api, string nameOrId, CancellationToken ct)
-    {
-        var tenants = await api.GetAsync<List<TenantInfo>>("api/v1/tenants", ct);
-        return tenants.FirstOrDefault(t => t.Id == nameOrId || t.Name == nameOrId)?.Id
+    private static async Task<string> ResolveTenantAsync(ApiClient api, string nameOrId, CancellationToken ct) =>
+        await FindTenantIdAsync(api, nameOrId, ct)
             ?? throw new HavenException(ErrorCode.NotFound, $"no tenant {nameOrId} that you can see", "list them with 'haven admin tenants'");
-    }
+
+    /// <summary>The id of the tenant named or numbered <paramref name="nameOrId"/> among those the caller sees, or null.</summary>
+    internal static async Task<string?> FindTenantIdAsync(ApiClient api, string nameOrId, CancellationToken ct) =>
+        (await api.GetAsync<List<TenantInfo>>("api/v1/tenants", ct)).FirstOrDefault(t => t.Id == nameOrId || t.Name == nameOrId)?.Id;
 
     /// <summary>Server, CA fingerprint and token from options, the environment, or the local server's data folder.</summary>
     private static async Task<ApiClient> ConnectAsync(CliContext ctx, CancellationToken ct)
     {
         string? url = ctx.Parse.GetValue(ServerUrl) ?? CliContext.Env("HAVEN_SERVER");
         string? fingerprint = ctx.Parse.GetValue(CaFingerprint) ?? CliContext.Env("HAVEN_SERVER_CA");
-        if (url is null || fingerprint is null)
+        if ((url is null || fingerprint is null) && HostedLocation.LocalServer() is { } local
+            && (url is null || HostedLocation.SameAuthority(url, local.Url)))
         {
-            string info = HavenServer.InfoFile(ServerCommand.DefaultDataDirectory());
-            if (File.Exists(info) && JsonSerializer.Deserialize<ServerInfoFile>(File.ReadAllText(info), ProtocolJson.Options) is { } local)
-            {
-                url ??= local.Url;
-                fingerprint ??= local.CaFingerprint;
-            }
+            url ??= local.Url;
+            fingerprint ??= local.CaFingerprint;
         }
 
         if (url is null || fingerprint is null)

@@ -12,11 +12,9 @@ internal static class AdminJobCommands
     public static IEnumerable<Command> All() =>
         [GroupCreate(), Groups(), PlanCreate(), Plans(), PlanDelete(), RunNow(), Jobs(), Job(), Restore(), NotifyAdd(), Notifications()];
 
-    private static Option<string> TenantOption() => new("--tenant") { Description = "Tenant name or id", Required = true };
-
     private static Command GroupCreate()
     {
-        var tenant = TenantOption();
+        var tenant = AdminCommand.TenantOption();
         var name = new Argument<string>("name") { Description = "The group's name" };
         var clients = new Option<string[]>("--client") { Description = "A client to put in the group (name or id); repeatable" };
         var c = new Command("group-create", "Create a group of clients (plans can apply to a group)") { tenant, name, clients };
@@ -30,7 +28,7 @@ internal static class AdminJobCommands
 
     private static Command Groups()
     {
-        var tenant = TenantOption();
+        var tenant = AdminCommand.TenantOption();
         var c = new Command("groups", "List a tenant's groups") { tenant };
         AdminCommand.SetHandler(c, tenant, async (ctx, api, t, ct) =>
             AdminCommand.Print(ctx, await api.GetAsync<List<GroupInfo>>($"api/v1/tenants/{t}/groups", ct), g => $"{g.Id}  {g.Name,-20} {g.ClientIds.Count} client(s)"));
@@ -39,7 +37,7 @@ internal static class AdminJobCommands
 
     private static Command PlanCreate()
     {
-        var tenant = TenantOption();
+        var tenant = AdminCommand.TenantOption();
         var name = new Argument<string>("name") { Description = "The plan's name" };
         var paths = new Option<string[]>("--path") { Description = "An absolute path to back up on the client; repeatable", Required = true };
         var excludes = new Option<string[]>("--exclude") { Description = "A pattern to leave out (as haven backup --exclude); repeatable" };
@@ -73,7 +71,7 @@ internal static class AdminJobCommands
 
     private static Command Plans()
     {
-        var tenant = TenantOption();
+        var tenant = AdminCommand.TenantOption();
         var c = new Command("plans", "List a tenant's plans") { tenant };
         AdminCommand.SetHandler(c, tenant, async (ctx, api, t, ct) =>
             AdminCommand.Print(ctx, await api.GetAsync<List<PlanInfo>>($"api/v1/tenants/{t}/plans", ct),
@@ -83,7 +81,7 @@ internal static class AdminJobCommands
 
     private static Command PlanDelete()
     {
-        var tenant = TenantOption();
+        var tenant = AdminCommand.TenantOption();
         var plan = new Argument<string>("plan") { Description = "Plan name or id" };
         var c = new Command("plan-delete", "Delete a plan (its queued jobs go too; finished jobs stay on record)") { tenant, plan };
         AdminCommand.SetHandler(c, tenant, async (ctx, api, t, ct) =>
@@ -96,7 +94,7 @@ internal static class AdminJobCommands
 
     private static Command RunNow()
     {
-        var tenant = TenantOption();
+        var tenant = AdminCommand.TenantOption();
         var client = new Argument<string>("client") { Description = "Client name or id" };
         var plan = new Option<string?>("--plan") { Description = "Only this plan (default: all of the client's plans)" };
         var wait = new Option<bool>("--wait") { Description = "Wait until the jobs end; exit 0 when all succeeded, 3 when one was partial, 1 otherwise" };
@@ -149,7 +147,7 @@ internal static class AdminJobCommands
 
     private static Command Jobs()
     {
-        var tenant = TenantOption();
+        var tenant = AdminCommand.TenantOption();
         var client = new Option<string?>("--client") { Description = "Only this client's jobs" };
         var limit = new Option<int?>("--limit") { Description = "At most this many, newest first (default 100)" };
         var c = new Command("jobs", "List jobs: state, trigger, snapshot, sizes, errors") { tenant, client, limit };
@@ -163,7 +161,7 @@ internal static class AdminJobCommands
 
     private static Command Job()
     {
-        var tenant = TenantOption();
+        var tenant = AdminCommand.TenantOption();
         var id = new Argument<string>("job") { Description = "Job id" };
         var wait = new Option<bool>("--wait") { Description = "Wait until it ends" };
         var c = new Command("job", "Show one job") { tenant, id, wait };
@@ -183,7 +181,7 @@ internal static class AdminJobCommands
 
     private static Command Restore()
     {
-        var tenant = TenantOption();
+        var tenant = AdminCommand.TenantOption();
         var snapshot = new Argument<string>("snapshot") { Description = "Snapshot id (or a unique prefix), or latest" };
         var client = new Option<string>("--client") { Description = "The client to restore onto (any enrolled client of the tenant)", Required = true };
         var target = new Option<string>("--target") { Description = "Absolute folder on that client to restore into", Required = true };
@@ -207,7 +205,7 @@ internal static class AdminJobCommands
 
     private static Command NotifyAdd()
     {
-        var tenant = TenantOption();
+        var tenant = AdminCommand.TenantOption();
         var webhook = new Option<string?>("--webhook") { Description = "An http(s) URL that gets a JSON POST when a job ends" };
         var email = new Option<string?>("--email") { Description = "An address that gets a mail when a job ends (the server needs --smtp)" };
         var c = new Command("notify-add", "Confirm the end of every job of the tenant by webhook or email") { tenant, webhook, email };
@@ -224,7 +222,7 @@ internal static class AdminJobCommands
 
     private static Command Notifications()
     {
-        var tenant = TenantOption();
+        var tenant = AdminCommand.TenantOption();
         var c = new Command("notifications", "List where job messages go") { tenant };
         AdminCommand.SetHandler(c, tenant, async (ctx, api, t, ct) =>
             AdminCommand.Print(ctx, await api.GetAsync<List<NotificationTarget>>($"api/v1/tenants/{t}/notifications", ct), x => $"{x.Id}  {x.Kind,-8} {x.Address}"));

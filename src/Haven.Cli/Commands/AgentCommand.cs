@@ -1,6 +1,5 @@
 using System.CommandLine;
 using System.Text.Json;
-using System.Text.Json.Nodes;
 using Haven.Agent;
 using Haven.Cli.Infrastructure;
 using Haven.Protocol;

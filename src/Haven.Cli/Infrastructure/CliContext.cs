@@ -134,8 +134,9 @@ public sealed class CliContext
     }
 
     public string RepositoryLocation =>
-        _parse.GetValue(GlobalOptions.Repo) ?? Env("HAVEN_REPOSITORY") ?? _config.Repository
-        ?? throw new HavenException(ErrorCode.Usage, "no repository given", "pass --repo LOCATION or set HAVEN_REPOSITORY");
+        RepositoryLocationOrNull ?? throw new HavenException(ErrorCode.Usage, "no repository given", "pass --repo LOCATION or set HAVEN_REPOSITORY");
+
+    private string? RepositoryLocationOrNull => _parse.GetValue(GlobalOptions.Repo) ?? Env("HAVEN_REPOSITORY") ?? _config.Repository;
 
     public string? CacheDir => _parse.GetValue(GlobalOptions.CacheDir) ?? Env("HAVEN_CACHE_DIR") ?? _config.CacheDir;
 
@@ -195,15 +196,15 @@ public sealed class CliContext
     /// The password, from (in order) command, file, HAVEN_PASSWORD, config file, or an interactive prompt. For
     /// <c>haven:agent</c>, the key secret the agent received at enrolment comes before the prompt.
     /// </summary>
-    public string GetPassword(string prompt = "repository password: ", bool confirm = false) =>
-        ResolvePassword(
-            _parse.GetValue(GlobalOptions.PasswordCommand) ?? Env("HAVEN_PASSWORD_COMMAND") ?? _config.PasswordCommand,
-            _parse.GetValue(GlobalOptions.PasswordFile) ?? Env("HAVEN_PASSWORD_FILE") ?? _config.PasswordFile,
-            Environment.GetEnvironmentVariable("HAVEN_PASSWORD") ?? (!confirm && RepositoryLocationOrNull == HostedLocation.Agent ? HostedLocation.AgentKeySecret() : null),
-            prompt,
-            confirm);
-
-    private string? RepositoryLocationOrNull => _parse.GetValue(GlobalOptions.Repo) ?? Env("HAVEN_REPOSITORY") ?? _config.Repository;
+    public string GetPassword(string prompt = "repository password: ", bool confirm = false)
+    {
+        string? command = _parse.GetValue(GlobalOptions.PasswordCommand) ?? Env("HAVEN_PASSWORD_COMMAND") ?? _config.PasswordCommand;
+        string? file = _parse.GetValue(GlobalOptions.PasswordFile) ?? Env("HAVEN_PASSWORD_FILE") ?? _config.PasswordFile;
+        // The agent's key secret is read only when nothing else gives a password.
+        string? value = Environment.GetEnvironmentVariable("HAVEN_PASSWORD")
+            ?? (command is null && file is null && !confirm && RepositoryLocationOrNull == HostedLocation.Agent ? HostedLocation.AgentKeySecret() : null);
+        return ResolvePassword(command, file, value, prompt, confirm);
+    }
 
     /// <summary>The one order in which every password is looked for: command, file, variable, prompt.</summary>
     public static string ResolvePassword(string? command, string? file, string? value, string prompt, bool confirm = false)

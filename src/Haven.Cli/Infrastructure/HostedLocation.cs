@@ -47,7 +47,7 @@ public static class HostedLocation
         var server = new Uri($"https://{url.Authority}/");
         string token = CliContext.Env("HAVEN_ADMIN_TOKEN")
             ?? throw new HavenException(ErrorCode.Usage, $"{location} needs an administrator's API token", "set HAVEN_ADMIN_TOKEN");
-        string fingerprint = CliContext.Env("HAVEN_SERVER_CA") ?? LocalFingerprint(server)
+        string fingerprint = CliContext.Env("HAVEN_SERVER_CA") ?? (LocalServer() is { } local && SameAuthority(server.ToString(), local.Url) ? local.CaFingerprint : null)
             ?? throw new HavenException(ErrorCode.Usage, $"{location} needs the server's CA fingerprint", "set HAVEN_SERVER_CA (as 'haven server' printed it)");
         byte[] pin = Pinning.ParseFingerprint(fingerprint);
         return new HttpStore($"{Scheme}{server}{tenant}", async ct =>
@@ -55,8 +55,7 @@ public static class HostedLocation
             var api = await ApiClient.ConnectAsync(server, pin, bearerToken: token, ct: ct).ConfigureAwait(false);
             try
             {
-                var tenants = await api.GetAsync<List<TenantInfo>>("api/v1/tenants", ct).ConfigureAwait(false);
-                string id = tenants.FirstOrDefault(t => t.Id == tenant || t.Name == tenant)?.Id
+                string id = await Commands.AdminCommand.FindTenantIdAsync(api, tenant, ct).ConfigureAwait(false)
                     ?? throw new HavenException(ErrorCode.RepositoryNotFound, $"the server has no tenant {tenant} that this token can see", "list them with 'haven admin tenants'");
                 return (api, HttpStore.TenantBasePath(id));
             }
@@ -71,19 +70,21 @@ public static class HostedLocation
     /// <summary>The password for <c>haven:agent</c> when none was given: the key secret from enrolment.</summary>
     public static string? AgentKeySecret() => new AgentState(AgentState.DefaultFolder()).LoadRepositoryKey()?.Secret;
 
-    private static string? LocalFingerprint(Uri server)
+    /// <summary>The server running on this machine, as its data folder's <c>server.json</c> names it; null when absent or unreadable.</summary>
+    public static ServerInfoFile? LocalServer()
     {
         string info = HavenServer.InfoFile(Commands.ServerCommand.DefaultDataDirectory());
         try
         {
-            return File.Exists(info) && JsonSerializer.Deserialize<ServerInfoFile>(File.ReadAllText(info), ProtocolJson.Options) is { } local
-                && Uri.TryCreate(local.Url, UriKind.Absolute, out var localUrl) && localUrl.Authority == server.Authority
-                ? local.CaFingerprint
-                : null;
+            return File.Exists(info) ? JsonSerializer.Deserialize<ServerInfoFile>(File.ReadAllText(info), ProtocolJson.Options) : null;
         }
-        catch (Exception e) when (e is JsonException or IOException)
+        catch (Exception e) when (e is JsonException or IOException or UnauthorizedAccessException)
         {
             return null;
         }
     }
+
+    /// <summary>True when two URLs name the same host and port (the local server's fingerprint fits only its own URL).</summary>
+    public static bool SameAuthority(string a, string b) =>
+        Uri.TryCreate(a, UriKind.Absolute, out var x) && Uri.TryCreate(b, UriKind.Absolute, out var y) && x.Authority == y.Authority;
 }
