@@ -51,7 +51,25 @@ public sealed class FaultyStore : IStore
 
     public string Location => _inner.Location;
 
-    public IChunkCatalog? Catalog => _inner.Catalog;
+    public IChunkCatalog? Catalog => _catalogDown ? UnreachableCatalog.Instance : _inner.Catalog;
+
+    private volatile bool _catalogDown;
+
+    /// <summary>Gives the store a catalog that cannot be reached: every call fails as a transient store error.</summary>
+    public void FailCatalog() => _catalogDown = true;
+
+    private sealed class UnreachableCatalog : IChunkCatalog
+    {
+        public static readonly UnreachableCatalog Instance = new();
+
+        public int MaxBatch => 100;
+
+        public Task<IReadOnlySet<Haven.Core.ObjectId>> FindKnownAsync(IReadOnlyList<Haven.Core.ObjectId> ids, CancellationToken cancellationToken) =>
+            throw new StoreException(StoreErrorKind.Transient, "the catalog is down");
+
+        public Task RegisterAsync(IReadOnlyList<CatalogPack> packs, CancellationToken cancellationToken) =>
+            throw new StoreException(StoreErrorKind.Transient, "the catalog is down");
+    }
 
     /// <summary>Total bytes of the puts that went through to the inner store.</summary>
     public long BytesPut => Interlocked.Read(ref _bytesPut);

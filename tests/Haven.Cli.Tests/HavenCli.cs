@@ -105,7 +105,16 @@ public sealed class HavenCli : IDisposable
         var stdout = p.StandardOutput.ReadToEndAsync();
         var stderr = p.StandardError.ReadToEndAsync();
         using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(5));
-        await p.WaitForExitAsync(timeout.Token);
+        try
+        {
+            await p.WaitForExitAsync(timeout.Token);
+        }
+        catch (OperationCanceledException)
+        {
+            p.Kill(entireProcessTree: true); // never leave a hung process (a server that should have refused to start) behind
+            throw new TimeoutException($"haven {string.Join(' ', args)} ran for 5 minutes; killed. Output so far: {await stdout}{await stderr}");
+        }
+
         return new CliResult(p.ExitCode, await stdout, await stderr);
     }
 
@@ -126,7 +135,13 @@ public sealed class HavenCli : IDisposable
     {
         var target = Path.Combine(Root, "out-" + (host ?? "latest"));
         Expect(0, host is null ? ["restore", "latest", "--target", target] : ["restore", "latest", "--host", host, "--target", target]);
-        var differences = TestTree.Compare(source, target + source, new CompareOptions(Ownership: false));
+        AssertRestored(source, target);
+    }
+
+    /// <summary>Asserts that <paramref name="target"/> holds a restore of <paramref name="source"/> (at its full path).</summary>
+    public static void AssertRestored(string source, string target, CompareOptions? options = null)
+    {
+        var differences = TestTree.Compare(source, target + source, options ?? new CompareOptions(Ownership: false));
         if (differences.Count > 0)
         {
             throw new Xunit.Sdk.XunitException("restore differs: " + string.Join("\n", differences.Take(20)));

@@ -15,16 +15,14 @@ public sealed class HostedRepositoryCliTests
     {
         using var cli = new HavenCli();
         using var server = new RunningServer(cli, database: null);
-        string hosted = $"haven:{server.Url}default";
+        string hosted = server.HostedRepository;
         cli.Expect(0, "init", "-r", hosted);
         cli.Expect(2, "admin", "token-create", "--tenant", "default", "--client", "nokey", "--repository-key", "--uses", "x");
 
         string EnrolWithKey(string name)
         {
-            string token = cli.Expect(0, "admin", "token-create", "--tenant", "default", "--client", name, "--repository-key").Stdout.Trim();
+            var (token, state) = server.Enrol(cli, name);
             Assert.Equal(4, token.Split('.').Length); // hvn1, secret, CA fingerprint, key secret
-            string state = Path.Combine(cli.Root, "agent-" + name);
-            cli.Expect(0, "agent", "enroll", "--server", server.Url!, "--token", token, "--state", state);
             Assert.True(File.Exists(Path.Combine(state, "repository-key.json")));
             Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(Path.Combine(state, "repository-key.json")));
             return state;

@@ -67,14 +67,13 @@ internal sealed class RunningAgent : IDisposable
 internal sealed class WebhookSink : IDisposable
 {
     private readonly HttpListener _listener = new();
-    private readonly Task _loop;
 
     public WebhookSink()
     {
         Url = $"http://127.0.0.1:{RunningServer.FreePort()}/hook/";
         _listener.Prefixes.Add(Url);
         _listener.Start();
-        _loop = Task.Run(async () =>
+        _ = Task.Run(async () =>
         {
             while (_listener.IsListening)
             {

@@ -23,14 +23,25 @@ internal sealed class RunningServer : IDisposable
 
         _process = cli.Start([.. args]);
         _stderr = _process.StandardError.ReadToEndAsync();
-        var deadline = DateTime.UtcNow.AddSeconds(60);
+        using var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(60));
         var output = new List<string>();
         while (firstStart ? Token is null : Fingerprint is null)
         {
-            var line = _process.StandardOutput.ReadLine();
-            if (line is null || DateTime.UtcNow > deadline)
+            string? line;
+            try
             {
-                throw new InvalidOperationException("the server did not start: " + _stderr.Result);
+                line = _process.StandardOutput.ReadLineAsync(deadline.Token).AsTask().GetAwaiter().GetResult();
+            }
+            catch (OperationCanceledException)
+            {
+                line = null;
+            }
+
+            if (line is null)
+            {
+                // Killed first, so its error output ends and nothing is left running.
+                Kill();
+                throw new InvalidOperationException("the server did not start within 60 s: " + _stderr.Result);
             }
 
             output.Add(line);
@@ -87,6 +98,21 @@ internal sealed class RunningServer : IDisposable
         return http;
     }
 
+    /// <summary>The default tenant's repository on this server, as an administrator names it.</summary>
+    public string HostedRepository => $"haven:{Url}default";
+
+    /// <summary>
+    /// Enrols an agent named <paramref name="name"/> in the default tenant with a token that carries the repository
+    /// key (the repository must exist); returns the token and the agent's state folder.
+    /// </summary>
+    public (string Token, string State) Enrol(HavenCli cli, string name)
+    {
+        string token = cli.Expect(0, "admin", "token-create", "--tenant", "default", "--client", name, "--repository-key").Stdout.Trim();
+        string state = Path.Combine(cli.Root, "agent-" + name);
+        cli.Expect(0, "agent", "enroll", "--server", Url!, "--token", token, "--state", state);
+        return (token, state);
+    }
+
     /// <summary>Kills the server at once (kill -9), as a crash or power cut would.</summary>
     public void Kill()
     {
@@ -107,12 +133,7 @@ internal sealed class RunningServer : IDisposable
 
     public void Dispose()
     {
-        if (!_process.HasExited)
-        {
-            _process.Kill(entireProcessTree: true);
-            _process.WaitForExit();
-        }
-
+        Kill();
         _process.Dispose();
     }
 }

@@ -80,7 +80,8 @@ public sealed class ChunkCatalogTests : IDisposable
     {
         var store = new MemoryStore();
         var repo = await TestRepository.CreateAsync(store);
-        var faulty = new FailingCatalogStore(store);
+        var faulty = new FaultyStore(store);
+        faulty.FailCatalog();
         var viaFaulty = await TestRepository.ReopenAsync(faulty);
         var blobs = Enumerable.Range(0, 5).Select(i => TestData.Bytes(50_000, seed: i)).ToList();
         await using (var writer = new BlobWriter(viaFaulty))
@@ -100,35 +101,5 @@ public sealed class ChunkCatalogTests : IDisposable
         {
             Assert.Equal(b, await reopened.ReadBlobAsync(repo.Key.BlobId(b), Ct));
         }
-    }
-
-    /// <summary>A store whose catalog is unreachable.</summary>
-    private sealed class FailingCatalogStore(MemoryStore inner) : IStore, IChunkCatalog
-    {
-        public string Location => inner.Location;
-
-        public IChunkCatalog? Catalog => this;
-
-        public int MaxBatch => 100;
-
-        public Task<IReadOnlySet<ObjectId>> FindKnownAsync(IReadOnlyList<ObjectId> ids, CancellationToken cancellationToken) =>
-            throw new StoreException(StoreErrorKind.Transient, "the catalog is down");
-
-        public Task RegisterAsync(IReadOnlyList<CatalogPack> packs, CancellationToken cancellationToken) =>
-            throw new StoreException(StoreErrorKind.Transient, "the catalog is down");
-
-        public Task PutAsync(StoreHandle handle, ReadOnlyMemory<byte> data, CancellationToken cancellationToken) => inner.PutAsync(handle, data, cancellationToken);
-
-        public Task<byte[]> GetAsync(StoreHandle handle, CancellationToken cancellationToken) => inner.GetAsync(handle, cancellationToken);
-
-        public Task ReadRangeAsync(StoreHandle handle, long offset, Memory<byte> buffer, CancellationToken cancellationToken) => inner.ReadRangeAsync(handle, offset, buffer, cancellationToken);
-
-        public IAsyncEnumerable<StoreFileInfo> ListAsync(FileKind kind, CancellationToken cancellationToken) => inner.ListAsync(kind, cancellationToken);
-
-        public Task<StoreFileInfo?> StatAsync(StoreHandle handle, CancellationToken cancellationToken) => inner.StatAsync(handle, cancellationToken);
-
-        public Task DeleteAsync(StoreHandle handle, CancellationToken cancellationToken) => inner.DeleteAsync(handle, cancellationToken);
-
-        public ValueTask DisposeAsync() => ValueTask.CompletedTask;
     }
 }

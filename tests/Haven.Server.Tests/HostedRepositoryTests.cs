@@ -160,7 +160,7 @@ public sealed class HostedRepositoryTests
         await owner.PutAsync(pack, packBytes, None);
 
         // An agent only ever reaches its own tenant's repository.
-        Assert.Empty(await Collect(stranger.ListAsync(FileKind.Pack, None)));
+        Assert.Empty(await stranger.ListAsync(FileKind.Pack, None).ToListAsync());
         Assert.Equal(StoreErrorKind.NotFound, (await Assert.ThrowsAsync<StoreException>(() => stranger.GetAsync(pack, None))).Kind);
 
         // An administrator of the other tenant gets "not found" for the whole repository, as for a tenant that does not exist.
@@ -173,7 +173,7 @@ public sealed class HostedRepositoryTests
 
         await using var foreignAdmin = server.AdminStore(tenant.Id, token);
         Assert.Equal(StoreErrorKind.NotFound, (await Assert.ThrowsAsync<StoreException>(() => foreignAdmin.GetAsync(pack, None))).Kind);
-        Assert.Equal(StoreErrorKind.NotFound, (await Assert.ThrowsAsync<StoreException>(() => Collect(foreignAdmin.ListAsync(FileKind.Pack, None)))).Kind);
+        Assert.Equal(StoreErrorKind.NotFound, (await Assert.ThrowsAsync<StoreException>(async () => await foreignAdmin.ListAsync(FileKind.Pack, None).ToListAsync())).Kind);
         Assert.Null(await foreignAdmin.StatAsync(pack, None));
         var (put, putBytes) = Named(FileKind.Pack, 10);
         await Assert.ThrowsAsync<StoreException>(() => foreignAdmin.PutAsync(put, putBytes, None));
@@ -222,16 +222,5 @@ public sealed class HostedRepositoryTests
         var job = await admin.GetAsync<JobInfo>($"api/v1/tenants/{tenant.Id}/jobs/{jobId}", None);
         Assert.Equal(JobStates.Succeeded, job.State);
         Assert.Null(job.Message);
-    }
-
-    private static async Task<List<StoreFileInfo>> Collect(IAsyncEnumerable<StoreFileInfo> items)
-    {
-        var list = new List<StoreFileInfo>();
-        await foreach (var item in items)
-        {
-            list.Add(item);
-        }
-
-        return list;
     }
 }

@@ -1,7 +1,6 @@
 using Haven.Agent;
 using Haven.Protocol;
 using Haven.Storage;
-using Haven.Testing;
 using Microsoft.Extensions.Logging;
 
 namespace Haven.Server.Tests;
@@ -31,15 +30,23 @@ public sealed class TestServer : IAsyncDisposable
     {
         string root = Path.Combine(Path.GetTempPath(), "haven-srv-" + Guid.NewGuid().ToString("N")[..12]);
         Directory.CreateDirectory(root);
-        var server = await HavenServer.StartAsync(new ServerOptions
+        try
         {
-            DataDirectory = Path.Combine(root, "data"),
-            Listen = "127.0.0.1:0",
-            Database = database,
-            Repositories = repositories,
-            LogLevel = LogLevel.Error,
-        }, CancellationToken.None);
-        return new TestServer(root, server);
+            var server = await HavenServer.StartAsync(new ServerOptions
+            {
+                DataDirectory = Path.Combine(root, "data"),
+                Listen = "127.0.0.1:0",
+                Database = database,
+                Repositories = repositories,
+                LogLevel = LogLevel.Error,
+            }, CancellationToken.None);
+            return new TestServer(root, server);
+        }
+        catch
+        {
+            Directory.Delete(root, recursive: true);
+            throw;
+        }
     }
 
     public ApiClient AdminApi(string? token = null) => new(Server.Url, Server.Ca.Certificate, bearerToken: token ?? AdminToken);
