@@ -39,6 +39,12 @@ public sealed record CreateEnrollmentTokenRequest(string? ClientName = null, int
 
 public sealed record EnrollmentTokenInfo(string Id, string Token, string TenantId, string? ClientName, int Uses, DateTimeOffset Expires, string? RepositoryKeyId = null);
 
+/// <summary>The calling administrator (<c>GET /api/v1/me</c>).</summary>
+public sealed record AdminIdentity(string Id, string Name, string Role, string? TenantId);
+
+/// <summary>The answer to a revocation: the client's name.</summary>
+public sealed record RevokedClient(string Revoked);
+
 public sealed record AdminInfo(string Id, string Name, string? TenantId, string Role, DateTimeOffset Created);
 
 public sealed record CreateAdminRequest(string Name, string Password, string Role, string? TenantId = null);

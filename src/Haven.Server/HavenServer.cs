@@ -87,6 +87,12 @@ public sealed class HavenServer : IAsyncDisposable
     /// <summary>Set on the first start only.</summary>
     public FirstAdmin? FirstAdmin { get; }
 
+    /// <summary>Every route the server answers, with its methods (for checking the OpenAPI document against them).</summary>
+    public IReadOnlyList<(string Method, string Route)> Routes() =>
+        [.. _app.Services.GetRequiredService<Microsoft.AspNetCore.Routing.EndpointDataSource>().Endpoints
+            .OfType<Microsoft.AspNetCore.Routing.RouteEndpoint>()
+            .SelectMany(e => (e.Metadata.GetMetadata<Microsoft.AspNetCore.Routing.HttpMethodMetadata>()?.HttpMethods ?? []).Select(m => (m, "/" + e.RoutePattern.RawText!.TrimStart('/'))))];
+
     /// <summary>The file a running server writes its address and CA fingerprint to, for tools on the same machine.</summary>
     public static string InfoFile(string dataDirectory) => Path.Combine(dataDirectory, "server.json");
 
@@ -126,6 +132,7 @@ public sealed class HavenServer : IAsyncDisposable
         builder.Services.AddSingleton(sp => new Notifier(db, options.Smtp, sp.GetRequiredService<ILogger<Notifier>>()));
         builder.Services.AddSingleton<JobService>();
         builder.Services.AddHostedService<JobBackground>();
+        builder.Services.AddHavenOpenApi();
         // A body that does not bind (malformed JSON, wrong types) throws, so the handler below answers it as JSON.
         builder.Services.Configure<Microsoft.AspNetCore.Routing.RouteHandlerOptions>(o => o.ThrowOnBadRequest = true);
         // Request bodies bind with the protocol's settings (answers are written with ProtocolJson.Options directly).
@@ -188,6 +195,7 @@ public sealed class HavenServer : IAsyncDisposable
         AgentEndpoints.Map(app);
         RepositoryEndpoints.Map(app);
         JobEndpoints.Map(app);
+        app.MapHavenOpenApi();
 
         try
         {

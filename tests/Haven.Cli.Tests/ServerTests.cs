@@ -192,6 +192,23 @@ public sealed class ServerTests
             (HttpMethod.Delete, $"api/v1/tenants/{home}/notifications/n", null),
         };
 
+        // The list is complete: every operation the OpenAPI document gives to administrators is in it.
+        using (var anonymousDoc = server.Http())
+        {
+            var document = await anonymousDoc.GetFromJsonAsync<System.Text.Json.Nodes.JsonObject>("api/v1/openapi.json");
+            foreach (var (template, operations) in document!["paths"]!.AsObject())
+            {
+                var pattern = new System.Text.RegularExpressions.Regex("^" + System.Text.RegularExpressions.Regex.Replace(template.TrimStart('/'), @"\{[^}]+\}", "[^/]+") + "$");
+                foreach (var (verb, operation) in operations!.AsObject())
+                {
+                    if (operation!["tags"]!.AsArray().Single()!.ToString() == "admin")
+                    {
+                        Assert.True(endpoints.Any(e => e.Method.Method == verb.ToUpperInvariant() && pattern.IsMatch(e.Path)), $"{verb.ToUpperInvariant()} {template} is not walked");
+                    }
+                }
+            }
+        }
+
         foreach (var (method, path, body) in endpoints)
         {
             using var unauthenticated = server.Http();
@@ -234,6 +251,43 @@ public sealed class ServerTests
         var failures = cli.Expect(0, "admin", "auth-failures", "--json", "--limit", "1000").Json.AsArray();
         Assert.Equal(20, failures.Count(f => f!["kind"]!.ToString() == "token"));
         Assert.Single(failures, f => f!["kind"]!.ToString() == "rate-limit");
+    }
+
+    [Fact]
+    public async Task EveryAgentEndpoint_InTheOpenApiDocument_RefusesCallersWithoutAClientCertificate()
+    {
+        using var cli = new HavenCli();
+        using var server = new RunningServer(cli, null);
+        using var anonymous = server.Http();
+        var document = await anonymous.GetFromJsonAsync<System.Text.Json.Nodes.JsonObject>("api/v1/openapi.json");
+        int walked = 0;
+        foreach (var (template, operations) in document!["paths"]!.AsObject())
+        {
+            string path = System.Text.RegularExpressions.Regex.Replace(template.TrimStart('/'), @"\{[^}]+\}", m => m.Value == "{folder}" ? "data" : new string('a', 64));
+            foreach (var (verb, operation) in operations!.AsObject())
+            {
+                if (operation!["tags"]!.AsArray().Single()!.ToString() != "agent")
+                {
+                    continue;
+                }
+
+                // Without any credentials, and with an administrator's token (which is not a client certificate).
+                foreach (var http in new[] { server.Http(), server.Http(bearer: server.Token) })
+                {
+                    using (http)
+                    using (var refused = await SendAsync(http, new HttpMethod(verb.ToUpperInvariant()), path, verb is "post" or "put" ? new { } : null))
+                    {
+                        Assert.True(refused.StatusCode is HttpStatusCode.Unauthorized or HttpStatusCode.TooManyRequests, $"{verb} {path}: {refused.StatusCode}");
+                    }
+                }
+
+                walked++;
+            }
+        }
+
+        Assert.True(walked >= 13, $"only {walked} agent operations in the document");
+        var failures = cli.Expect(0, "admin", "auth-failures", "--json", "--limit", "1000").Json.AsArray();
+        Assert.Contains(failures, f => f!["reason"]!.ToString() == "no client certificate" && f["path"]!.ToString() == "/api/v1/agent/ready");
     }
 
     private static Task<HttpResponseMessage> SendAsync(HttpClient http, HttpMethod method, string path, object? body)

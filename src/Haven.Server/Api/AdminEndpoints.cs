@@ -17,20 +17,23 @@ internal static class AdminEndpoints
 {
     public static void Map(IEndpointRouteBuilder app)
     {
-        app.MapGet("/api/v1/health", (CertificateAuthority ca) => ApiResults.Ok(new HealthInfo("ok", ServerInfo.Version, ca.Fingerprint)));
-        app.MapGet("/api/v1/ca", (CertificateAuthority ca) => Results.Text(ca.CertificatePem, "application/x-pem-file"));
-        app.MapPost("/api/v1/auth/token", LoginAsync);
-        app.MapGet("/api/v1/me", (HttpContext context) => { var a = context.Admin(); return ApiResults.Ok(new { a.Id, a.Name, a.Role, a.TenantId }); });
+        app.MapGet("/api/v1/health", (CertificateAuthority ca) => ApiResults.Ok(new HealthInfo("ok", ServerInfo.Version, ca.Fingerprint)))
+            .Returns<HealthInfo>(ApiDocs.Open, "Liveness, version and the CA fingerprint");
+        app.MapGet("/api/v1/ca", (CertificateAuthority ca) => Results.Text(ca.CertificatePem, "application/x-pem-file"))
+            .WithTags(ApiDocs.Open).WithSummary("The server CA certificate (PEM); check it against the fingerprint of an enrolment token").Produces<string>(StatusCodes.Status200OK, "application/x-pem-file");
+        app.MapPost("/api/v1/auth/token", LoginAsync).Returns<LoginResponse>(ApiDocs.Open, "Log in with name and password; answers a new API token");
+        app.MapGet("/api/v1/me", (HttpContext context) => { var a = context.Admin(); return ApiResults.Ok(new AdminIdentity(a.Id, a.Name, a.Role, a.TenantId)); })
+            .Returns<AdminIdentity>(ApiDocs.Admin, "The calling administrator");
 
-        app.MapGet("/api/v1/tenants", ListTenantsAsync);
-        app.MapPost("/api/v1/tenants", CreateTenantAsync);
-        app.MapGet("/api/v1/tenants/{tenant}/clients", ListClientsAsync);
-        app.MapPost("/api/v1/tenants/{tenant}/clients/{client}/revoke", RevokeClientAsync);
-        app.MapPost("/api/v1/tenants/{tenant}/enrollment-tokens", CreateTokenAsync);
-        app.MapGet("/api/v1/tenants/{tenant}/admins", ListAdminsAsync);
-        app.MapPost("/api/v1/admins", CreateAdminAsync);
-        app.MapGet("/api/v1/auth-failures", ListAuthFailuresAsync);
-        app.MapGet("/api/v1/audit", ListAuditAsync);
+        app.MapGet("/api/v1/tenants", ListTenantsAsync).Returns<List<TenantInfo>>(ApiDocs.Admin, "Tenants the caller may see (all of them for the provider)");
+        app.MapPost("/api/v1/tenants", CreateTenantAsync).Returns<TenantInfo>(ApiDocs.Admin, "Create a tenant (provider only)", StatusCodes.Status201Created);
+        app.MapGet("/api/v1/tenants/{tenant}/clients", ListClientsAsync).Returns<List<ClientInfo>>(ApiDocs.Admin, "Enrolled clients of a tenant, with their certificates' state and last contact");
+        app.MapPost("/api/v1/tenants/{tenant}/clients/{client}/revoke", RevokeClientAsync).Returns<RevokedClient>(ApiDocs.Admin, "Revoke a client and every certificate it holds");
+        app.MapPost("/api/v1/tenants/{tenant}/enrollment-tokens", CreateTokenAsync).Returns<EnrollmentTokenInfo>(ApiDocs.Admin, "Create an enrolment token (one client or several uses)", StatusCodes.Status201Created);
+        app.MapGet("/api/v1/tenants/{tenant}/admins", ListAdminsAsync).Returns<List<AdminInfo>>(ApiDocs.Admin, "Administrators of a tenant");
+        app.MapPost("/api/v1/admins", CreateAdminAsync).Returns<AdminInfo>(ApiDocs.Admin, "Create an administrator (role admin or viewer of a tenant, or provider)", StatusCodes.Status201Created);
+        app.MapGet("/api/v1/auth-failures", ListAuthFailuresAsync).Returns<List<AuthFailureInfo>>(ApiDocs.Admin, "Refused authentications with their path, newest first (provider only)");
+        app.MapGet("/api/v1/audit", ListAuditAsync).Returns<List<AuditEntry>>(ApiDocs.Admin, "The audit log of the tenants the caller may see, newest first");
     }
 
     private static async Task<IResult> LoginAsync(HttpContext context, LoginRequest request, ManagementDb db, AuthFailures failures, Audit audit, TimeProvider time)
@@ -133,7 +136,7 @@ internal static class AdminEndpoints
         }
 
         await audit.WriteAsync($"admin:{admin.Name}", tenant, "client.revoke", $"client {client} revoked", context.RequestAborted).ConfigureAwait(false);
-        return ApiResults.Ok(new { revoked = client });
+        return ApiResults.Ok(new RevokedClient(client));
     }
 
     private static async Task<IResult> CreateTokenAsync(HttpContext context, string tenant, CreateEnrollmentTokenRequest request, ManagementDb db, CertificateAuthority ca, Audit audit, TimeProvider time, Repositories.TenantRepositories repositories)

@@ -16,9 +16,9 @@ internal static class AgentEndpoints
 {
     public static void Map(IEndpointRouteBuilder app)
     {
-        app.MapPost("/api/v1/enroll", EnrollAsync);
-        app.MapPost("/api/v1/agent/ready", ReadyAsync);
-        app.MapPost("/api/v1/agent/renew", RenewAsync);
+        app.MapPost("/api/v1/enroll", EnrollAsync).Returns<EnrollResponse>(ApiDocs.Open, "Enrol with a token and a certificate request; answers the client certificate");
+        app.MapPost("/api/v1/agent/ready", ReadyAsync).Returns<ReadyResponse>(ApiDocs.Agent, "Ready signal: queues the client's ready-run plans");
+        app.MapPost("/api/v1/agent/renew", RenewAsync).Returns<RenewResponse>(ApiDocs.Agent, "Renew the client certificate before it expires");
     }
 
     private static async Task<IResult> EnrollAsync(HttpContext context, EnrollRequest request, ManagementDb db, CertificateAuthority ca, AuthFailures failures, Audit audit, TimeProvider time)

@@ -19,23 +19,23 @@ internal static class JobEndpoints
 {
     public static void Map(IEndpointRouteBuilder app)
     {
-        app.MapGet("/api/v1/tenants/{tenant}/groups", ListGroupsAsync);
-        app.MapPost("/api/v1/tenants/{tenant}/groups", CreateGroupAsync);
-        app.MapPost("/api/v1/tenants/{tenant}/groups/{group}/clients/{client}", AddMemberAsync);
-        app.MapGet("/api/v1/tenants/{tenant}/plans", ListPlansAsync);
-        app.MapPost("/api/v1/tenants/{tenant}/plans", CreatePlanAsync);
-        app.MapDelete("/api/v1/tenants/{tenant}/plans/{plan}", DeletePlanAsync);
-        app.MapPost("/api/v1/tenants/{tenant}/clients/{client}/run", RunNowAsync);
-        app.MapGet("/api/v1/tenants/{tenant}/jobs", ListJobsAsync);
-        app.MapGet("/api/v1/tenants/{tenant}/jobs/{job}", GetJobAsync);
-        app.MapPost("/api/v1/tenants/{tenant}/restores", RestoreAsync);
-        app.MapGet("/api/v1/tenants/{tenant}/notifications", ListTargetsAsync);
-        app.MapPost("/api/v1/tenants/{tenant}/notifications", CreateTargetAsync);
-        app.MapDelete("/api/v1/tenants/{tenant}/notifications/{target}", DeleteTargetAsync);
+        app.MapGet("/api/v1/tenants/{tenant}/groups", ListGroupsAsync).Returns<List<GroupInfo>>(ApiDocs.Admin, "Client groups of a tenant with their members");
+        app.MapPost("/api/v1/tenants/{tenant}/groups", CreateGroupAsync).Returns<GroupInfo>(ApiDocs.Admin, "Create a client group", StatusCodes.Status201Created);
+        app.MapPost("/api/v1/tenants/{tenant}/groups/{group}/clients/{client}", AddMemberAsync).ReturnsNothing(ApiDocs.Admin, "Add a client to a group");
+        app.MapGet("/api/v1/tenants/{tenant}/plans", ListPlansAsync).Returns<List<PlanInfo>>(ApiDocs.Admin, "Backup plans of a tenant");
+        app.MapPost("/api/v1/tenants/{tenant}/plans", CreatePlanAsync).Returns<PlanInfo>(ApiDocs.Admin, "Create a plan for a client or a group: paths, excludes, schedule, ready-run, retention, bandwidth", StatusCodes.Status201Created);
+        app.MapDelete("/api/v1/tenants/{tenant}/plans/{plan}", DeletePlanAsync).ReturnsNothing(ApiDocs.Admin, "Delete a plan");
+        app.MapPost("/api/v1/tenants/{tenant}/clients/{client}/run", RunNowAsync).Returns<List<JobInfo>>(ApiDocs.Admin, "Run a client's plans now (one, or all)", StatusCodes.Status201Created);
+        app.MapGet("/api/v1/tenants/{tenant}/jobs", ListJobsAsync).Returns<List<JobInfo>>(ApiDocs.Admin, "Jobs of a tenant (or one client), newest first");
+        app.MapGet("/api/v1/tenants/{tenant}/jobs/{job}", GetJobAsync).Returns<JobInfo>(ApiDocs.Admin, "One job: state, progress, snapshot, sizes, counts, errors");
+        app.MapPost("/api/v1/tenants/{tenant}/restores", RestoreAsync).Returns<JobInfo>(ApiDocs.Admin, "Restore a snapshot, whole or some paths, onto a client of the tenant", StatusCodes.Status201Created);
+        app.MapGet("/api/v1/tenants/{tenant}/notifications", ListTargetsAsync).Returns<List<NotificationTarget>>(ApiDocs.Admin, "Where the end of each job is announced (webhooks, email)");
+        app.MapPost("/api/v1/tenants/{tenant}/notifications", CreateTargetAsync).Returns<NotificationTarget>(ApiDocs.Admin, "Add a webhook or email target", StatusCodes.Status201Created);
+        app.MapDelete("/api/v1/tenants/{tenant}/notifications/{target}", DeleteTargetAsync).ReturnsNothing(ApiDocs.Admin, "Remove a notification target");
 
-        app.MapPost("/api/v1/agent/poll", PollAsync);
-        app.MapPost("/api/v1/agent/jobs/{job}/report", ReportAsync);
-        app.MapGet("/api/v1/agent/plans", AgentPlansAsync);
+        app.MapPost("/api/v1/agent/poll", PollAsync).Returns<PollResponse>(ApiDocs.Agent, "Wait (long poll) for the next job assigned to the calling client");
+        app.MapPost("/api/v1/agent/jobs/{job}/report", ReportAsync).ReturnsNothing(ApiDocs.Agent, "Report a job's progress or its end");
+        app.MapGet("/api/v1/agent/plans", AgentPlansAsync).Returns<List<PlanInfo>>(ApiDocs.Agent, "The plans that apply to the calling client");
     }
 
     /// <summary>A client of the tenant by id or name, or null.</summary>

@@ -39,18 +39,21 @@ internal static class RepositoryEndpoints
 
     public static void Map(IEndpointRouteBuilder app)
     {
-        foreach (string prefix in new[] { "/api/v1/agent/repository", "/api/v1/tenants/{tenant}/repository" })
+        foreach (var (prefix, tag, whose) in new[] { ("/api/v1/agent/repository", ApiDocs.Agent, "the agent's tenant's"), ("/api/v1/tenants/{tenant}/repository", ApiDocs.Admin, "a tenant's") })
         {
-            app.MapGet(prefix, InfoAsync);
-            app.MapGet(prefix + "/files/{folder}", ListAsync);
-            app.MapMethods(prefix + "/files/{folder}/{name}", ["GET", "HEAD"], GetAsync);
-            app.MapPut(prefix + "/files/{folder}/{name}", PutAsync);
-            app.MapDelete(prefix + "/files/{folder}/{name}", DeleteAsync);
-            app.MapPost(prefix + "/catalog/known", KnownAsync);
-            app.MapPost(prefix + "/catalog/register", RegisterAsync);
+            app.MapGet(prefix, InfoAsync).Returns<RepositoryInfo>(tag, $"Size, quota and usage of {whose} repository");
+            app.MapGet(prefix + "/files/{folder}", ListAsync).Returns<List<RepositoryFileInfo>>(tag, $"Files of one folder of {whose} repository (config, keys, data, index, snapshots, locks)");
+            app.MapMethods(prefix + "/files/{folder}/{name}", ["GET", "HEAD"], GetAsync)
+                .Returns<byte[]>(tag, $"Read a file of {whose} repository, whole or a byte range (Range: bytes=A-B)").Produces(StatusCodes.Status206PartialContent, contentType: "application/octet-stream");
+            app.MapPut(prefix + "/files/{folder}/{name}", PutAsync).WithDescription("The request body is the file's bytes (any content type).")
+                .Returns<byte[]>(tag, $"Store a file in {whose} repository (write-once; hash-named files are verified; 507 when the quota is used up)", StatusCodes.Status201Created)
+                .Produces(StatusCodes.Status200OK).Produces<ApiError>(StatusCodes.Status409Conflict).Produces<ApiError>(StatusCodes.Status507InsufficientStorage);
+            app.MapDelete(prefix + "/files/{folder}/{name}", DeleteAsync).ReturnsNothing(tag, tag == ApiDocs.Agent ? "Delete a lock (agents delete nothing else)" : "Delete a file of a tenant's repository");
+            app.MapPost(prefix + "/catalog/known", KnownAsync).Returns<CatalogAnswer>(tag, "Which of these blob ids the tenant's repository holds already");
+            app.MapPost(prefix + "/catalog/register", RegisterAsync).Returns<CatalogRegistered>(tag, "Register the blobs of stored packs in the tenant's catalog");
         }
 
-        app.MapPut("/api/v1/tenants/{tenant}/quota", SetQuotaAsync);
+        app.MapPut("/api/v1/tenants/{tenant}/quota", SetQuotaAsync).Returns<RepositoryInfo>(ApiDocs.Admin, "Set a tenant's quota in bytes, 0 for none (provider only)");
     }
 
     /// <summary>Who is asking, for which tenant: an agent (append-only) or an administrator (who may delete).</summary>

@@ -8,7 +8,7 @@ namespace Haven.Server.Security;
 /// <summary>
 /// Authenticates every /api/v1 request before it reaches an endpoint:
 /// <list type="bullet">
-/// <item><c>/api/v1/health</c>, <c>/api/v1/ca</c>, <c>/api/v1/enroll</c>, <c>/api/v1/auth/token</c>: open (the last two check their own
+/// <item><c>/api/v1/health</c>, <c>/api/v1/ca</c>, <c>/api/v1/openapi.json</c>, <c>/api/v1/enroll</c>, <c>/api/v1/auth/token</c>: open (the last two check their own
 /// secrets and record failures themselves).</item>
 /// <item><c>/api/v1/agent/…</c>: a client certificate from this server's CA, not expired, not revoked, belonging to a
 /// client that is not revoked.</item>
@@ -21,7 +21,7 @@ public sealed class Authentication(RequestDelegate next, ManagementDb db, Certif
     public const string AdminKey = "haven.admin";
     public const string AgentKey = "haven.agent";
 
-    private static readonly string[] Open = ["/api/v1/health", "/api/v1/ca", "/api/v1/enroll", "/api/v1/auth/token"];
+    private static readonly string[] Open = ["/api/v1/health", "/api/v1/ca", "/api/v1/enroll", "/api/v1/auth/token", Api.ApiDocs.Path];
 
     public async Task InvokeAsync(HttpContext context)
     {
