@@ -50,6 +50,9 @@ public sealed record ServerOptions
     public SmtpOptions? Smtp { get; init; }
 
     public LogLevel LogLevel { get; init; } = LogLevel.Warning;
+
+    /// <summary>The server's own events (jobs handed out, maintenance) are logged from this level.</summary>
+    public LogLevel HavenLogLevel { get; init; } = LogLevel.Information;
 }
 
 public static class ServerInfo
@@ -121,7 +124,7 @@ public sealed class HavenServer : IAsyncDisposable
         builder.Logging.ClearProviders();
         builder.Logging.AddSimpleConsole(o => { o.SingleLine = true; o.TimestampFormat = "yyyy-MM-dd HH:mm:ss "; });
         builder.Logging.SetMinimumLevel(options.LogLevel);
-        builder.Logging.AddFilter("Haven", LogLevel.Information);
+        builder.Logging.AddFilter("Haven", options.HavenLogLevel);
         builder.Services.AddSingleton(time);
         builder.Services.AddSingleton(db);
         builder.Services.AddSingleton(ca);

@@ -88,11 +88,7 @@ public static class AdminCommand
             byte[]? keySecret = null;
             if (ctx.Parse.GetValue(repositoryKey))
             {
-                // The secret is made here and never leaves this machine except inside the token.
-                keySecret = System.Security.Cryptography.RandomNumberGenerator.GetBytes(32);
-                await using var store = new HttpStore($"haven:{api.Server}{tenantId}", _ => Task.FromResult((api, HttpStore.TenantBasePath(tenantId))), ownsClient: false);
-                await using var repo = await Haven.Repository.Repository.OpenAsync(store, ctx.GetPassword(), null, ct);
-                keyId = (await repo.AddKeyAsync(Base64Url.Encode(keySecret), Haven.Repository.Crypto.KdfParameters.ForRandomSecret(), ct)).ToString();
+                (keyId, keySecret) = await TenantRepository.AddAgentKeyAsync(api, tenantId, ctx.GetPassword(), ct);
             }
 
             var info = await api.PostAsync<EnrollmentTokenInfo>($"api/v1/tenants/{tenantId}/enrollment-tokens", new CreateEnrollmentTokenRequest(ctx.Parse.GetValue(client), ctx.Parse.GetValue(uses), seconds, keyId), ct);
