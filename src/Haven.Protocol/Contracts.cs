@@ -103,8 +103,25 @@ public sealed record CatalogPackInfo(string Pack, IReadOnlyList<string> Blobs);
 
 public sealed record CatalogRegistered(int Packs, int Blobs, int UnknownPacks);
 
-/// <summary>A tenant's repository as the server sees it: bytes held, quota (null: none), whether it was initialised.</summary>
-public sealed record RepositoryInfo(string TenantId, bool Initialized, long UsageBytes, long? QuotaBytes);
+/// <summary>
+/// A tenant's repository as the server sees it: bytes held, quota (null: none), whether it was initialised, whether the
+/// server holds a key to it (for pruning; docs/key-model.md), and when its maintenance last ran.
+/// </summary>
+public sealed record RepositoryInfo(string TenantId, bool Initialized, long UsageBytes, long? QuotaBytes, bool ServerKey = false, DateTimeOffset? LastMaintenance = null);
+
+/// <summary>
+/// PUT /api/v1/tenants/{t}/repository/server-key: a key file of the tenant's repository and the secret that opens it,
+/// given to the server so its maintenance can prune (the administrator makes both; the server checks they fit).
+/// </summary>
+public sealed record ServerKeyRequest(string KeyId, string Secret);
+
+/// <summary>
+/// What one maintenance run did to a tenant's repository: snapshots forgotten by the plans' retention (from the
+/// job records), snapshots it left alone (named by a job of a client that did not upload them), and the prune.
+/// </summary>
+public sealed record MaintenanceResult(
+    string TenantId, int SnapshotsForgotten, IReadOnlyList<string> Forgotten, int SnapshotsRefused, bool Pruned,
+    string? PruneSkipped, int PacksDeleted, int PacksRepacked, long BytesFreed, DateTimeOffset Finished);
 
 public sealed record SetQuotaRequest(long? QuotaBytes);
 
@@ -164,10 +181,11 @@ public static class JobStates
     public static bool IsKnown(string state) => state is Queued or Running or Verifying || IsFinal(state);
 }
 
+/// <summary>A job as the server records it; <c>Forgotten</c> is when the plan's retention deleted its snapshot.</summary>
 public sealed record JobInfo(
     string Id, string TenantId, string ClientId, string? PlanId, string Kind, string Trigger, string State,
     DateTimeOffset Queued, DateTimeOffset? Started, DateTimeOffset? Finished, bool Missed,
-    string? SnapshotId, JobStats? Stats, JobProgress? Progress, string? Message, RestoreSpec? Restore);
+    string? SnapshotId, JobStats? Stats, JobProgress? Progress, string? Message, RestoreSpec? Restore, DateTimeOffset? Forgotten = null);
 
 /// <summary>A job handed to an agent: a backup of a plan, or a restore.</summary>
 public sealed record JobAssignment(string JobId, string Kind, PlanSpec? Plan, RestoreSpec? Restore);

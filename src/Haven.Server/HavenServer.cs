@@ -131,6 +131,8 @@ public sealed class HavenServer : IAsyncDisposable
         builder.Services.AddSingleton<AuthFailures>();
         builder.Services.AddSingleton<Audit>();
         builder.Services.AddSingleton(repositories);
+        builder.Services.AddSingleton(new ServerKeys(options.DataDirectory));
+        builder.Services.AddSingleton<RepositoryMaintenance>();
         builder.Services.AddSingleton(options.Jobs);
         builder.Services.AddSingleton(sp => new Notifier(db, options.Smtp, sp.GetRequiredService<ILogger<Notifier>>()));
         builder.Services.AddSingleton<JobService>();

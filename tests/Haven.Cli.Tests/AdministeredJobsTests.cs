@@ -184,6 +184,69 @@ public sealed class AdministeredJobsTests
 
     [Theory]
     [MemberData(nameof(Databases))]
+    public void TheServer_AppliesAPlansRetention_ForgetsWithoutAKey_AndPrunesOnceTheTenantGivesItOne(string kind)
+    {
+        using var fleet = NewFleet(kind);
+        if (fleet is null) return;
+        var cli = fleet.Cli;
+        string state = fleet.Enrol("laptop");
+        cli.Expect(0, "admin", "plan-create", "--tenant", "default", "docs", "--client", "laptop", "--path", cli.Source, "--keep-last", "2");
+        fleet.Start(state);
+
+        // Four backups; the data of the first lives only in the first snapshot, so it is garbage once that goes.
+        var jobs = new List<JobInfo>();
+        for (int i = 0; i < 4; i++)
+        {
+            TestData.WriteRandomFiles(Directory.CreateDirectory(Path.Combine(cli.Source, $"gen{i}")).FullName, 3, 300_000, seed: 40 + i);
+            if (i == 1)
+            {
+                Directory.Delete(Path.Combine(cli.Source, "gen0"), recursive: true);
+            }
+
+            var job = JsonSerializer.Deserialize<List<JobInfo>>(cli.Expect(0, "admin", "run", "--tenant", "default", "laptop", "--wait", "--json").Stdout, ProtocolJson.Options)!.Single();
+            Assert.Equal(JobStates.Succeeded, job.State);
+            jobs.Add(job);
+        }
+
+        // Without a key the server forgets by its job records but cannot prune.
+        var forget = JsonSerializer.Deserialize<List<MaintenanceResult>>(cli.Expect(0, "admin", "maintenance", "--tenant", "default", "--json").Stdout, ProtocolJson.Options)!.Single();
+        Assert.Equal(jobs.Take(2).Select(j => j.SnapshotId!).Order(), forget.Forgotten.Order());
+        Assert.False(forget.Pruned);
+        Assert.Contains("no key", forget.PruneSkipped);
+        var left = cli.Expect(0, "snapshots", "-r", fleet.Server.HostedRepository, "--json").Json.AsArray().Select(s => s!["id"]!.ToString()).Order().ToList();
+        Assert.Equal(jobs.Skip(2).Select(j => j.SnapshotId!).Order(), left);
+        Assert.All(fleet.Jobs("laptop").Where(j => forget.Forgotten.Contains(j.SnapshotId!)), j => Assert.NotNull(j.Forgotten));
+
+        // The tenant gives the server a key: the next maintenance prunes the first generation's data.
+        cli.Expect(0, "admin", "repository", "--tenant", "default", "--server-key");
+        Assert.Contains("the server holds a key", cli.Expect(0, "admin", "repository", "--tenant", "default").Stdout);
+        long before = fleet.Usage();
+        var prune = JsonSerializer.Deserialize<List<MaintenanceResult>>(cli.Expect(0, "admin", "maintenance", "--tenant", "default", "--json").Stdout, ProtocolJson.Options)!.Single();
+        Assert.True(prune.Pruned, prune.PruneSkipped);
+        Assert.True(prune.BytesFreed >= 900_000, $"freed {prune.BytesFreed} bytes");
+        Assert.True(fleet.Usage() <= before - 900_000, $"usage {before} -> {fleet.Usage()}");
+        cli.Expect(0, "check", "--read-data", "-r", fleet.Server.HostedRepository);
+
+        // The pruned chunks left the catalog: a backup that needs them again uploads them, and the repository is whole.
+        TestData.WriteRandomFiles(Directory.CreateDirectory(Path.Combine(cli.Source, "gen0")).FullName, 3, 300_000, seed: 40);
+        var again = JsonSerializer.Deserialize<List<JobInfo>>(cli.Expect(0, "admin", "run", "--tenant", "default", "laptop", "--wait", "--json").Stdout, ProtocolJson.Options)!.Single();
+        Assert.Equal(JobStates.Succeeded, again.State);
+        Assert.True(again.Stats!.BytesAdded >= 900_000, $"added {again.Stats.BytesAdded}");
+        cli.Expect(0, "check", "--read-data", "-r", fleet.Server.HostedRepository);
+        string target = Path.Combine(cli.Root, "restored");
+        cli.Expect(0, "restore", "latest", "-r", fleet.Server.HostedRepository, "--target", target);
+        HavenCli.AssertRestored(cli.Source, target);
+
+        // Withdrawn, the key file is gone from the repository and the server prunes no more.
+        cli.Expect(0, "admin", "repository", "--tenant", "default", "--withdraw-server-key");
+        Assert.Contains("holds no key", cli.Expect(0, "admin", "repository", "--tenant", "default").Stdout);
+        var audit = cli.Expect(0, "admin", "audit", "--json").Stdout;
+        Assert.Contains("repository.forget", audit);
+        Assert.Contains("repository.prune", audit);
+    }
+
+    [Theory]
+    [MemberData(nameof(Databases))]
     public void AnAgentKilledMidBackup_LeavesAnInterruptedJob_AndTheNextRunSendsOnlyWhatIsMissing(string kind)
     {
         using var fleet = NewFleet(kind);

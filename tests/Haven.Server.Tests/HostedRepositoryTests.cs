@@ -223,4 +223,73 @@ public sealed class HostedRepositoryTests
         Assert.Equal(JobStates.Succeeded, job.State);
         Assert.Null(job.Message);
     }
+
+    [Fact]
+    public async Task Retention_DeletesASnapshot_OnlyForTheClientThatUploadedIt()
+    {
+        await using var server = await TestServer.StartAsync();
+        var tenant = await server.CreateTenantAsync();
+        await using (var admin = server.AdminStore(tenant.Id))
+        {
+            await admin.PutAsync(StoreHandle.Config, RandomNumberGenerator.GetBytes(100), None); // initialised, as far as forget cares
+        }
+
+        var honest = await server.EnrolAsync(tenant.Id, "honest1");
+        var forger = await server.EnrolAsync(tenant.Id, "forger1");
+        using (var api = server.AdminApi())
+        {
+            await api.PostAsync<PlanInfo>($"api/v1/tenants/{tenant.Id}/plans", new PlanSpec("p", ["/data"], Client: "forger1", Retention: new RetentionSpec(KeepLast: 1)), None);
+        }
+
+        // The honest client's snapshot; then three snapshots of the forger's own, and one job of the forger that
+        // claims the honest client's snapshot.
+        var (theirs, theirBytes) = Named(FileKind.Snapshot, 300);
+        await using (var store = AgentClient.OpenRepositoryStore(honest))
+        {
+            await store.PutAsync(theirs, theirBytes, None);
+        }
+
+        var own = new List<StoreHandle>();
+        await using (var store = AgentClient.OpenRepositoryStore(forger))
+        {
+            for (int i = 0; i < 2; i++)
+            {
+                var (handle, bytes) = Named(FileKind.Snapshot, 300);
+                await store.PutAsync(handle, bytes, None);
+                own.Add(handle);
+            }
+        }
+
+        using var forgerApi = AgentClient.Connect(forger);
+        foreach (string snapshot in new[] { theirs.Name, own[0].Name, own[1].Name })
+        {
+            using (var api = server.AdminApi())
+            {
+                await api.PostAsync<List<JobInfo>>($"api/v1/tenants/{tenant.Id}/clients/forger1/run", new RunNowRequest(), None);
+            }
+
+            var job = (await forgerApi.PostAsync<PollResponse>("api/v1/agent/poll", new PollRequest(5), None)).Jobs.Single();
+            await forgerApi.PostAsync<System.Text.Json.JsonElement?>($"api/v1/agent/jobs/{job.JobId}/report", new JobReport(JobStates.Succeeded, SnapshotId: snapshot), None);
+            await Task.Delay(20); // distinct start times
+        }
+
+        using var adminApi = server.AdminApi();
+        var result = await adminApi.PostAsync<MaintenanceResult>($"api/v1/tenants/{tenant.Id}/maintenance", new { }, None);
+        Assert.Equal([own[0].Name], result.Forgotten);
+        Assert.Equal(1, result.SnapshotsRefused);
+        Assert.False(result.Pruned);
+        Assert.Contains("no key", result.PruneSkipped);
+
+        await using var check = server.AdminStore(tenant.Id);
+        Assert.NotNull(await check.StatAsync(theirs, None)); // named by the forger's job, uploaded by another client: kept
+        Assert.Null(await check.StatAsync(own[0], None));
+        Assert.NotNull(await check.StatAsync(own[1], None));
+        var jobs = await adminApi.GetAsync<List<JobInfo>>($"api/v1/tenants/{tenant.Id}/jobs", None);
+        Assert.NotNull(jobs.Single(j => j.SnapshotId == own[0].Name).Forgotten);
+        Assert.Null(jobs.Single(j => j.SnapshotId == theirs.Name).Forgotten);
+
+        // A second run finds nothing more to do.
+        var again = await adminApi.PostAsync<MaintenanceResult>($"api/v1/tenants/{tenant.Id}/maintenance", new { }, None);
+        Assert.Equal(0, again.SnapshotsForgotten);
+    }
 }

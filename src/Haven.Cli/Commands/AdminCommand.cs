@@ -31,6 +31,7 @@ public static class AdminCommand
         command.Subcommands.Add(Clients());
         command.Subcommands.Add(Revoke());
         command.Subcommands.Add(RepositoryInfoCommand());
+        command.Subcommands.Add(Maintenance());
         foreach (var sub in AdminJobCommands.All())
         {
             command.Subcommands.Add(sub);
@@ -145,13 +146,51 @@ public static class AdminCommand
     {
         var tenant = TenantOption();
         var quota = new Option<string?>("--quota") { Description = "Set the tenant's quota (e.g. 500G), or 'none' (provider administrators)" };
-        var c = new Command("repository", "Show a tenant's hosted repository (bytes stored, quota), or set its quota") { tenant, quota };
+        var serverKey = new Option<bool>("--server-key")
+        {
+            Description = "Give the server a key to the repository so its maintenance can prune by the plans' retention: adds a key file opened by a random secret and hands both to the server (asks for the repository password; see docs/key-model.md)",
+        };
+        var withdraw = new Option<bool>("--withdraw-server-key") { Description = "Take the server's key back: it forgets the secret and deletes that key file" };
+        var c = new Command("repository", "Show a tenant's hosted repository (bytes stored, quota, server key), set its quota, or give or withdraw the server's key") { tenant, quota, serverKey, withdraw };
         SetHandler(c, tenant, async (ctx, api, tenantId, ct) =>
         {
+            if (ctx.Parse.GetValue(serverKey) && ctx.Parse.GetValue(withdraw))
+            {
+                throw new HavenException(ErrorCode.Usage, "--server-key and --withdraw-server-key exclude each other");
+            }
+
+            if (ctx.Parse.GetValue(serverKey))
+            {
+                var (keyId, secret) = await TenantRepository.AddAgentKeyAsync(api, tenantId, ctx.GetPassword(), ct);
+                await api.SendAsync<System.Text.Json.JsonElement?>(HttpMethod.Put, $"api/v1/tenants/{tenantId}/repository/server-key", new ServerKeyRequest(keyId, Base64Url.Encode(secret)), ct);
+            }
+            else if (ctx.Parse.GetValue(withdraw))
+            {
+                await api.SendAsync<System.Text.Json.JsonElement?>(HttpMethod.Delete, $"api/v1/tenants/{tenantId}/repository/server-key", null, ct);
+            }
+
             RepositoryInfo info = ctx.Parse.GetValue(quota) is { } q
                 ? await api.SendAsync<RepositoryInfo>(HttpMethod.Put, $"api/v1/tenants/{tenantId}/quota", new SetQuotaRequest(q == "none" ? null : Units.ParseSize(q, "--quota")), ct)
                 : await api.GetAsync<RepositoryInfo>($"api/v1/tenants/{tenantId}/repository", ct);
-            Print(ctx, [info], r => $"tenant {r.TenantId}: {(r.Initialized ? "initialised" : "not initialised (haven init -r haven:URL/TENANT)")}, {Units.Bytes(r.UsageBytes)} stored, quota {(r.QuotaBytes is { } b ? Units.Bytes(b) : "none")}");
+            Print(ctx, [info], r => $"tenant {r.TenantId}: {(r.Initialized ? "initialised" : "not initialised (haven init -r haven:URL/TENANT)")}, {Units.Bytes(r.UsageBytes)} stored, quota {(r.QuotaBytes is { } b ? Units.Bytes(b) : "none")}, "
+                + $"{(r.ServerKey ? "the server holds a key (it prunes)" : "the server holds no key (it forgets, but does not prune)")}, last maintenance {r.LastMaintenance?.ToString("yyyy-MM-dd HH:mm") ?? "never"}");
+            return 0;
+        });
+        return c;
+    }
+
+    private static Command Maintenance()
+    {
+        var tenant = TenantOption();
+        var c = new Command("maintenance", """
+            Maintain a tenant's hosted repository now, as the server does every hour: forget the snapshots each plan's
+            retention drops (from the job records; no key needed), then prune if the server holds a key
+            """) { tenant };
+        SetHandler(c, tenant, async (ctx, api, tenantId, ct) =>
+        {
+            var result = await api.PostAsync<MaintenanceResult>($"api/v1/tenants/{tenantId}/maintenance", new { }, ct);
+            Print(ctx, [result], r => $"{r.SnapshotsForgotten} snapshot(s) forgotten{(r.SnapshotsRefused > 0 ? $", {r.SnapshotsRefused} left alone (named by a job of a client that did not upload them)" : "")}; "
+                + (r.Pruned ? $"pruned: {r.PacksDeleted} pack(s) deleted, {r.PacksRepacked} repacked, {Units.Bytes(r.BytesFreed)} freed" : $"not pruned: {r.PruneSkipped}"));
             return 0;
         });
         return c;

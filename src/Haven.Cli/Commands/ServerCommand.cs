@@ -76,6 +76,7 @@ public static class ServerCommand
             StaleAfter = Get("HAVEN_JOB_STALE_AFTER") ?? jobs.StaleAfter,
             MissedAfter = Get("HAVEN_MISSED_AFTER") ?? jobs.MissedAfter,
             ReadyMinInterval = Get("HAVEN_READY_MIN_INTERVAL") ?? jobs.ReadyMinInterval,
+            MaintenanceInterval = Get("HAVEN_MAINTENANCE_INTERVAL") ?? jobs.MaintenanceInterval,
         };
     }
 

@@ -157,6 +157,19 @@ public static class Migrations
                 created TEXT NOT NULL
             );
             """),
+        (4, "retention applied by the server: forgotten jobs, who uploaded each snapshot, maintenance times", """
+            ALTER TABLE jobs ADD COLUMN forgotten TEXT;
+            CREATE INDEX jobs_plan_client ON jobs (plan_id, client_id);
+            CREATE TABLE snapshot_uploads (
+                tenant_id TEXT NOT NULL REFERENCES tenants(id),
+                name TEXT NOT NULL,
+                client_id TEXT NOT NULL REFERENCES clients(id),
+                uploaded TEXT NOT NULL,
+                PRIMARY KEY (tenant_id, name)
+            );
+            ALTER TABLE tenants ADD COLUMN last_maintenance TEXT;
+            ALTER TABLE tenants ADD COLUMN prune_due BIGINT NOT NULL DEFAULT 0;
+            """),
     ];
 
     public static int Latest => All[^1].Version;

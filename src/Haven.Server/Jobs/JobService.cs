@@ -23,6 +23,9 @@ public sealed record JobOptions
 
     /// <summary>A ready signal starts a plan (with run-on-ready) only when its last success is older than this.</summary>
     public TimeSpan ReadyMinInterval { get; init; } = TimeSpan.FromHours(1);
+
+    /// <summary>How often each tenant's repository is maintained: retention applied, then a prune when the server holds a key.</summary>
+    public TimeSpan MaintenanceInterval { get; init; } = TimeSpan.FromHours(1);
 }
 
 /// <summary>
@@ -42,7 +45,7 @@ public sealed class JobService(ManagementDb db, TimeProvider time, Audit audit, 
     private const string JobColumns = """
         id AS Id, tenant_id AS TenantId, client_id AS ClientId, plan_id AS PlanId, kind AS Kind, trigger AS Trigger, state AS State,
         queued AS Queued, started AS Started, finished AS Finished, last_report AS LastReport, missed AS Missed,
-        snapshot_id AS SnapshotId, stats AS Stats, progress AS Progress, message AS Message, params AS Params
+        snapshot_id AS SnapshotId, stats AS Stats, progress AS Progress, message AS Message, params AS Params, forgotten AS Forgotten
         """;
 
     internal const string PlanColumns = "id AS Id, tenant_id AS TenantId, name AS Name, client_id AS ClientId, group_id AS GroupId, spec AS Spec, schedule AS Schedule, next_run AS NextRun, run_on_ready AS RunOnReady, created AS Created";
@@ -362,7 +365,7 @@ public sealed class JobService(ManagementDb db, TimeProvider time, Audit audit, 
     public sealed record JobRow(
         string Id, string TenantId, string ClientId, string? PlanId, string Kind, string Trigger, string State,
         string Queued, string? Started, string? Finished, string? LastReport, long Missed,
-        string? SnapshotId, string? Stats, string? Progress, string? Message, string? Params)
+        string? SnapshotId, string? Stats, string? Progress, string? Message, string? Params, string? Forgotten)
     {
         public JobInfo ToInfo() => new(
             Id, TenantId, ClientId, PlanId, Kind, Trigger, State, Clock.Parse(Queued), Clock.ParseOrNull(Started), Clock.ParseOrNull(Finished), Missed != 0,
@@ -370,6 +373,7 @@ public sealed class JobService(ManagementDb db, TimeProvider time, Audit audit, 
             Stats is null ? null : JsonSerializer.Deserialize<JobStats>(Stats, Json),
             Progress is null ? null : JsonSerializer.Deserialize<JobProgress>(Progress, Json),
             Message,
-            Params is null ? null : JsonSerializer.Deserialize<RestoreSpec>(Params, Json));
+            Params is null ? null : JsonSerializer.Deserialize<RestoreSpec>(Params, Json),
+            Clock.ParseOrNull(Forgotten));
     }
 }

@@ -53,18 +53,24 @@ internal static class RepositoryEndpoints
             app.MapPost(prefix + "/catalog/register", RegisterAsync).Returns<CatalogRegistered>(tag, "Register the blobs of stored packs in the tenant's catalog");
         }
 
+        app.MapPut("/api/v1/tenants/{tenant}/repository/server-key", SetServerKeyAsync).ReturnsNothing(ApiDocs.Admin, "Give the server a key to the tenant's repository (a key file and its secret), so its maintenance can prune");
+        app.MapDelete("/api/v1/tenants/{tenant}/repository/server-key", RemoveServerKeyAsync).ReturnsNothing(ApiDocs.Admin, "Withdraw the server's key: forget the secret and delete its key file");
+        app.MapPost("/api/v1/tenants/{tenant}/maintenance", MaintainAsync).Returns<MaintenanceResult>(ApiDocs.Admin, "Maintain the tenant's repository now: apply the plans' retention, then prune if the server holds a key");
         app.MapPut("/api/v1/tenants/{tenant}/quota", SetQuotaAsync).Returns<RepositoryInfo>(ApiDocs.Admin, "Set a tenant's quota in bytes, 0 for none (provider only)");
     }
 
     /// <summary>Who is asking, for which tenant: an agent (append-only) or an administrator (who may delete).</summary>
-    private sealed record Scope(string TenantId, string Actor, bool IsAgent);
+    private sealed record Scope(string TenantId, string Actor, string? ClientId)
+    {
+        public bool IsAgent => ClientId is not null;
+    }
 
     /// <summary>The caller's scope, or the answer refusing it (another tenant's repository is "not found").</summary>
     private static async Task<(Scope? Scope, IResult? Refusal)> ScopeAsync(HttpContext context, ManagementDb db, bool write)
     {
         if (context.Items[Authentication.AgentKey] is AgentPrincipal agent)
         {
-            return (new Scope(agent.TenantId, $"client:{agent.Name}", IsAgent: true), null);
+            return (new Scope(agent.TenantId, $"client:{agent.Name}", agent.ClientId), null);
         }
 
         string tenant = context.Request.RouteValues["tenant"] as string ?? "";
@@ -73,7 +79,7 @@ internal static class RepositoryEndpoints
             return (null, refusal);
         }
 
-        return (new Scope(tenant, $"admin:{context.Admin().Name}", IsAgent: false), null);
+        return (new Scope(tenant, $"admin:{context.Admin().Name}", ClientId: null), null);
     }
 
     private static bool TryHandle(string folder, string name, out StoreHandle handle)
@@ -120,7 +126,7 @@ internal static class RepositoryEndpoints
 
         return await GuardAsync(context, async () =>
         {
-            return ApiResults.Ok(await RepositoryInfoAsync(db, repositories, scope.TenantId, context.RequestAborted).ConfigureAwait(false));
+            return ApiResults.Ok(await RepositoryInfoAsync(context, scope.TenantId).ConfigureAwait(false));
         }).ConfigureAwait(false);
     }
 
@@ -281,7 +287,7 @@ internal static class RepositoryEndpoints
             }
 
             bool charged = handle.Kind != FileKind.Lock;
-            if (charged && !await ChargeAsync(db, scope.TenantId, length, ct).ConfigureAwait(false))
+            if (charged && !await TenantUsage.ChargeAsync(db, scope.TenantId, length, ct).ConfigureAwait(false))
             {
                 var usage = await UsageAsync(db, scope.TenantId, ct).ConfigureAwait(false);
                 return ApiResults.Error(
@@ -308,13 +314,23 @@ internal static class RepositoryEndpoints
 
                 await store.PutFileAsync(handle, temp, ct).ConfigureAwait(false);
                 stored = true;
+                if (handle.Kind == FileKind.Snapshot && scope.ClientId is { } client)
+                {
+                    // Retention deletes a snapshot only for the client that uploaded it (a job's report is not proof).
+                    await db.ExecuteAsync(
+                        db.Dialect == SqlDialect.Sqlite
+                            ? "INSERT OR IGNORE INTO snapshot_uploads (tenant_id, name, client_id, uploaded) VALUES (@tenant, @name, @client, @now)"
+                            : "INSERT INTO snapshot_uploads (tenant_id, name, client_id, uploaded) VALUES (@tenant, @name, @client, @now) ON CONFLICT DO NOTHING",
+                        new { tenant = scope.TenantId, name, client, now = Clock.Format(DateTimeOffset.UtcNow) }, CancellationToken.None).ConfigureAwait(false);
+                }
+
                 return Results.Created();
             }
             finally
             {
                 if (!stored && charged)
                 {
-                    await RefundAsync(db, scope.TenantId, length).ConfigureAwait(false);
+                    await TenantUsage.RefundAsync(db, scope.TenantId, length).ConfigureAwait(false);
                 }
 
                 File.Delete(temp);
@@ -351,15 +367,6 @@ internal static class RepositoryEndpoints
         return (received, sha.GetHashAndReset());
     }
 
-    /// <summary>Adds to the tenant's usage unless that passes its quota; false when it would.</summary>
-    private static async Task<bool> ChargeAsync(ManagementDb db, string tenant, long bytes, CancellationToken ct) =>
-        await db.ExecuteAsync(
-            "UPDATE tenants SET usage_bytes = usage_bytes + @bytes WHERE id = @tenant AND (quota_bytes IS NULL OR usage_bytes + @bytes <= quota_bytes)",
-            new { bytes, tenant }, ct).ConfigureAwait(false) == 1;
-
-    private static Task RefundAsync(ManagementDb db, string tenant, long bytes) =>
-        db.ExecuteAsync("UPDATE tenants SET usage_bytes = CASE WHEN usage_bytes > @bytes THEN usage_bytes - @bytes ELSE 0 END WHERE id = @tenant", new { bytes, tenant }, CancellationToken.None);
-
     private static async Task<IResult> DeleteAsync(HttpContext context, string folder, string name, ManagementDb db, TenantRepositories repositories, Audit audit)
     {
         var (scope, refusal) = await ScopeAsync(context, db, write: true).ConfigureAwait(false);
@@ -390,13 +397,13 @@ internal static class RepositoryEndpoints
             if (handle.Kind == FileKind.Pack)
             {
                 // First out of the catalog, so no writer skips a blob of a pack that is about to go.
-                await db.ExecuteAsync("DELETE FROM chunk_catalog WHERE tenant_id = @tenant AND pack_id = @name", new { tenant = scope.TenantId, name }, ct).ConfigureAwait(false);
+                await TenantUsage.RemovePackAsync(db, scope.TenantId, name, ct).ConfigureAwait(false);
             }
 
             await store.DeleteAsync(handle, ct).ConfigureAwait(false);
             if (handle.Kind != FileKind.Lock)
             {
-                await RefundAsync(db, scope.TenantId, info.Size).ConfigureAwait(false);
+                await TenantUsage.RefundAsync(db, scope.TenantId, info.Size).ConfigureAwait(false);
             }
 
             if (handle.Kind is FileKind.Key or FileKind.Config or FileKind.Snapshot)
@@ -523,23 +530,107 @@ internal static class RepositoryEndpoints
         }
 
         await audit.WriteAsync($"admin:{admin.Name}", tenant, "tenant.quota", request.QuotaBytes is { } q ? $"quota set to {q} bytes" : "quota removed", context.RequestAborted).ConfigureAwait(false);
-        return await GuardAsync(context, async () => ApiResults.Ok(await RepositoryInfoAsync(db, repositories, tenant, context.RequestAborted).ConfigureAwait(false))).ConfigureAwait(false);
+        return await GuardAsync(context, async () => ApiResults.Ok(await RepositoryInfoAsync(context, tenant).ConfigureAwait(false))).ConfigureAwait(false);
     }
 
     private static Task<UsageRow?> UsageAsync(ManagementDb db, string tenant, CancellationToken ct) =>
-        db.QuerySingleOrDefaultAsync<UsageRow>("SELECT usage_bytes AS UsageBytes, quota_bytes AS QuotaBytes FROM tenants WHERE id = @tenant", new { tenant }, ct);
+        db.QuerySingleOrDefaultAsync<UsageRow>("SELECT usage_bytes AS UsageBytes, quota_bytes AS QuotaBytes, last_maintenance AS LastMaintenance FROM tenants WHERE id = @tenant", new { tenant }, ct);
 
-    /// <summary>Bytes stored, the quota, and whether the repository was initialised (it has a config).</summary>
-    private static async Task<RepositoryInfo> RepositoryInfoAsync(ManagementDb db, TenantRepositories repositories, string tenant, CancellationToken ct)
+    /// <summary>Bytes stored, the quota, whether the repository was initialised (it has a config), the server's key and maintenance.</summary>
+    private static async Task<RepositoryInfo> RepositoryInfoAsync(HttpContext context, string tenant)
     {
-        var usage = await UsageAsync(db, tenant, ct).ConfigureAwait(false);
-        bool initialized = await repositories.For(tenant).StatAsync(StoreHandle.Config, ct).ConfigureAwait(false) is not null;
-        return new RepositoryInfo(tenant, initialized, usage?.UsageBytes ?? 0, usage?.QuotaBytes);
+        var services = context.RequestServices;
+        var usage = await UsageAsync(services.GetRequiredService<ManagementDb>(), tenant, context.RequestAborted).ConfigureAwait(false);
+        bool initialized = await services.GetRequiredService<TenantRepositories>().For(tenant).StatAsync(StoreHandle.Config, context.RequestAborted).ConfigureAwait(false) is not null;
+        return new RepositoryInfo(tenant, initialized, usage?.UsageBytes ?? 0, usage?.QuotaBytes, services.GetRequiredService<ServerKeys>().Has(tenant), Clock.ParseOrNull(usage?.LastMaintenance));
+    }
+
+    /// <summary>
+    /// Gives the server a key to the tenant's repository (docs/key-model.md): the key file must exist and the secret must
+    /// open it, checked by opening the repository with it before anything is kept.
+    /// </summary>
+    private static async Task<IResult> SetServerKeyAsync(HttpContext context, string tenant, ServerKeyRequest request, ManagementDb db, TenantRepositories repositories, ServerKeys keys, Audit audit)
+    {
+        if (await context.TenantAccessAsync(db, tenant, write: true).ConfigureAwait(false) is { } refusal)
+        {
+            return refusal;
+        }
+
+        if (!IsHexId(request.KeyId) || string.IsNullOrEmpty(request.Secret))
+        {
+            return ApiResults.BadRequest("give the id of a key file of the repository (64 hex digits) and the secret that opens it");
+        }
+
+        return await GuardAsync(context, async () =>
+        {
+            var store = repositories.For(tenant);
+            if (await store.StatAsync(new StoreHandle(FileKind.Key, request.KeyId), context.RequestAborted).ConfigureAwait(false) is null)
+            {
+                return ApiResults.BadRequest($"the repository has no key file {request.KeyId[..8]}…", "add it first (haven admin repository --server-key does both)");
+            }
+
+            try
+            {
+                await using var repo = await Haven.Repository.Repository.OpenAsync(store, request.Secret, null, context.RequestAborted).ConfigureAwait(false);
+            }
+            catch (HavenException e) when (e.Code is ErrorCode.WrongPassword or ErrorCode.Corrupt or ErrorCode.UnsupportedFormat or ErrorCode.NotFound)
+            {
+                return ApiResults.BadRequest($"the secret does not open the repository: {e.Message}");
+            }
+
+            keys.Set(tenant, request);
+            await audit.WriteAsync($"admin:{context.Admin().Name}", tenant, "repository.server-key", $"the server was given key {request.KeyId[..8]}… (it may now prune)", context.RequestAborted).ConfigureAwait(false);
+            return Results.NoContent();
+        }).ConfigureAwait(false);
+    }
+
+    /// <summary>Withdraws the server's key: the secret is forgotten and its key file deleted from the repository.</summary>
+    private static async Task<IResult> RemoveServerKeyAsync(HttpContext context, string tenant, ManagementDb db, TenantRepositories repositories, ServerKeys keys, Audit audit)
+    {
+        if (await context.TenantAccessAsync(db, tenant, write: true).ConfigureAwait(false) is { } refusal)
+        {
+            return refusal;
+        }
+
+        if (keys.Get(tenant) is not { } key)
+        {
+            return ApiResults.NotFound("the server's key to this repository");
+        }
+
+        return await GuardAsync(context, async () =>
+        {
+            await new MaintenanceStore(repositories.For(tenant), db, tenant).DeleteAsync(new StoreHandle(FileKind.Key, key.KeyId), context.RequestAborted).ConfigureAwait(false);
+            keys.Remove(tenant);
+            await audit.WriteAsync($"admin:{context.Admin().Name}", tenant, "repository.server-key", $"the server's key {key.KeyId[..8]}… was withdrawn and its key file deleted", context.RequestAborted).ConfigureAwait(false);
+            return Results.NoContent();
+        }).ConfigureAwait(false);
+    }
+
+    /// <summary>Runs the tenant's maintenance now (retention, then a prune when the server holds a key) and answers what it did.</summary>
+    private static async Task<IResult> MaintainAsync(HttpContext context, string tenant, ManagementDb db, RepositoryMaintenance maintenance)
+    {
+        if (await context.TenantAccessAsync(db, tenant, write: true).ConfigureAwait(false) is { } refusal)
+        {
+            return refusal;
+        }
+
+        return await GuardAsync(context, async () =>
+        {
+            try
+            {
+                return ApiResults.Ok(await maintenance.RunAsync(tenant, $"admin:{context.Admin().Name}", context.RequestAborted).ConfigureAwait(false));
+            }
+            catch (HavenException e)
+            {
+                // A damaged repository stops prune before it deletes anything; the administrator learns why.
+                return ApiResults.Error(StatusCodes.Status500InternalServerError, "maintenance_failed", $"the maintenance of the repository failed: {e.Message}", e.Hint);
+            }
+        }).ConfigureAwait(false);
     }
 
     private static bool IsHexId(string? s) => s is { Length: 64 } && s.All(char.IsAsciiHexDigitLower);
 
     private static string Truncate(string? s) => s is null ? "" : s.Length <= 70 ? s : s[..70] + "…";
 
-    private sealed record UsageRow(long UsageBytes, long? QuotaBytes);
+    private sealed record UsageRow(long UsageBytes, long? QuotaBytes, string? LastMaintenance);
 }
