@@ -575,7 +575,8 @@ internal static class RepositoryEndpoints
             }
             catch (HavenException e) when (e.Code is ErrorCode.WrongPassword or ErrorCode.Corrupt or ErrorCode.UnsupportedFormat or ErrorCode.NotFound)
             {
-                return ApiResults.BadRequest($"the secret does not open the repository: {e.Message}");
+                // The engine's message names the store's location on the server, which is not the tenant's business.
+                return ApiResults.BadRequest(e.Code == ErrorCode.WrongPassword ? "the secret opens none of the repository's key files" : "the repository's config or key files cannot be read", "run haven check -r haven:https://SERVER/TENANT");
             }
 
             keys.Set(tenant, request);
@@ -607,7 +608,7 @@ internal static class RepositoryEndpoints
     }
 
     /// <summary>Runs the tenant's maintenance now (retention, then a prune when the server holds a key) and answers what it did.</summary>
-    private static async Task<IResult> MaintainAsync(HttpContext context, string tenant, ManagementDb db, RepositoryMaintenance maintenance)
+    private static async Task<IResult> MaintainAsync(HttpContext context, string tenant, ManagementDb db, TenantRepositories repositories, RepositoryMaintenance maintenance)
     {
         if (await context.TenantAccessAsync(db, tenant, write: true).ConfigureAwait(false) is { } refusal)
         {
@@ -623,7 +624,9 @@ internal static class RepositoryEndpoints
             catch (HavenException e)
             {
                 // A damaged repository stops prune before it deletes anything; the administrator learns why.
-                return ApiResults.Error(StatusCodes.Status500InternalServerError, "maintenance_failed", $"the maintenance of the repository failed: {e.Message}", e.Hint);
+                // Messages name the store by its place on the server, which is not the tenant's business.
+                string message = e.Message.Replace(repositories.For(tenant).Location, "the repository", StringComparison.Ordinal);
+                return ApiResults.Error(StatusCodes.Status500InternalServerError, "maintenance_failed", $"the maintenance of the repository failed: {message}", e.Hint);
             }
         }).ConfigureAwait(false);
     }
