@@ -202,3 +202,11 @@ public sealed record JobReport(string State, JobProgress? Progress = null, JobSt
 public sealed record NotificationTarget(string Id, string Kind, string Address);
 
 public sealed record CreateNotificationTarget(string Kind, string Address);
+
+/// <summary>Answer times of one route (milliseconds, from the request's arrival to its last byte; errors are 5xx answers).</summary>
+public sealed record RouteMetrics(string Method, string Route, long Count, long Errors, double P50Ms, double P95Ms, double P99Ms, double MaxMs);
+
+/// <summary>GET /api/v1/server/metrics: answer times since <c>Since</c> (all routes but long polls, and per route) and the server's memory.</summary>
+public sealed record ServerMetrics(
+    DateTimeOffset Since, DateTimeOffset Now, RouteMetrics All, IReadOnlyList<RouteMetrics> Routes,
+    long WorkingSetBytes, long PeakWorkingSetBytes, long GcHeapBytes, int Threads);

@@ -130,6 +130,7 @@ public sealed class HavenServer : IAsyncDisposable
         builder.Services.AddSingleton(ca);
         builder.Services.AddSingleton<AuthFailures>();
         builder.Services.AddSingleton<Audit>();
+        builder.Services.AddSingleton<RequestMetrics>();
         builder.Services.AddSingleton(repositories);
         builder.Services.AddSingleton(new ServerKeys(options.DataDirectory));
         builder.Services.AddSingleton<RepositoryMaintenance>();
@@ -162,6 +163,9 @@ public sealed class HavenServer : IAsyncDisposable
         });
 
         var app = builder.Build();
+        var metrics = app.Services.GetRequiredService<RequestMetrics>();
+        app.Use(metrics.InvokeAsync);
+        app.UseRouting(); // endpoints are matched before authentication, so every answer is counted under its route
         app.UseMiddleware<Authentication>();
         app.Use(async (context, next) =>
         {

@@ -180,6 +180,8 @@ public sealed class ServerTests
             (HttpMethod.Put, $"api/v1/tenants/{home}/repository/server-key", new ServerKeyRequest(new string('a', 64), "secret")),
             (HttpMethod.Delete, $"api/v1/tenants/{home}/repository/server-key", null),
             (HttpMethod.Post, $"api/v1/tenants/{home}/maintenance", new { }),
+            (HttpMethod.Get, "api/v1/server/metrics", null),
+            (HttpMethod.Delete, "api/v1/server/metrics", null),
             (HttpMethod.Get, $"api/v1/tenants/{home}/groups", null),
             (HttpMethod.Post, $"api/v1/tenants/{home}/groups", new CreateGroupRequest("sneaky")),
             (HttpMethod.Post, $"api/v1/tenants/{home}/groups/g/clients/victim", new { }),

@@ -32,6 +32,7 @@ public static class AdminCommand
         command.Subcommands.Add(Revoke());
         command.Subcommands.Add(RepositoryInfoCommand());
         command.Subcommands.Add(Maintenance());
+        command.Subcommands.Add(Metrics());
         foreach (var sub in AdminJobCommands.All())
         {
             command.Subcommands.Add(sub);
@@ -191,6 +192,33 @@ public static class AdminCommand
             var result = await api.PostAsync<MaintenanceResult>($"api/v1/tenants/{tenantId}/maintenance", new { }, ct);
             Print(ctx, [result], r => $"{r.SnapshotsForgotten} snapshot(s) forgotten{(r.SnapshotsRefused > 0 ? $", {r.SnapshotsRefused} left alone (named by a job of a client that did not upload them)" : "")}; "
                 + (r.Pruned ? $"pruned: {r.PacksDeleted} pack(s) deleted, {r.PacksRepacked} repacked, {Units.Bytes(r.BytesFreed)} freed" : $"not pruned: {r.PruneSkipped}"));
+            return 0;
+        });
+        return c;
+    }
+
+    private static Command Metrics()
+    {
+        var reset = new Option<bool>("--reset") { Description = "Start the counts afresh" };
+        var c = new Command("metrics", "Show the server's answer times per route (p50, p95, p99, max) and its memory (provider administrators)") { reset };
+        Runner.SetHandler(c, async (ctx, ct) =>
+        {
+            using var api = await ConnectAsync(ctx, ct);
+            if (ctx.Parse.GetValue(reset))
+            {
+                await api.SendAsync<System.Text.Json.JsonElement?>(HttpMethod.Delete, "api/v1/server/metrics", null, ct);
+            }
+
+            var m = await api.GetAsync<ServerMetrics>("api/v1/server/metrics", ct);
+            var o = ctx.Output;
+            o.Line($"since {m.Since:yyyy-MM-dd HH:mm:ss} UTC: memory {Units.Bytes(m.WorkingSetBytes)} (peak {Units.Bytes(m.PeakWorkingSetBytes)}, managed heap {Units.Bytes(m.GcHeapBytes)}), {m.Threads} threads");
+            o.Line($"{"method",-7} {"route",-58} {"count",9} {"5xx",6} {"p50 ms",9} {"p95 ms",9} {"p99 ms",9} {"max ms",9}");
+            foreach (var r in m.Routes.Prepend(m.All))
+            {
+                o.Line($"{r.Method,-7} {r.Route,-58} {r.Count,9} {r.Errors,6} {r.P50Ms,9:0.###} {r.P95Ms,9:0.###} {r.P99Ms,9:0.###} {r.MaxMs,9:0.###}");
+            }
+
+            o.JsonResult(System.Text.Json.JsonSerializer.SerializeToNode(m, ProtocolJson.Options)!);
             return 0;
         });
         return c;

@@ -33,6 +33,20 @@ internal static class AdminEndpoints
         app.MapGet("/api/v1/tenants/{tenant}/admins", ListAdminsAsync).Returns<List<AdminInfo>>(ApiDocs.Admin, "Administrators of a tenant");
         app.MapPost("/api/v1/admins", CreateAdminAsync).Returns<AdminInfo>(ApiDocs.Admin, "Create an administrator (role admin or viewer of a tenant, or provider)", StatusCodes.Status201Created);
         app.MapGet("/api/v1/auth-failures", ListAuthFailuresAsync).Returns<List<AuthFailureInfo>>(ApiDocs.Admin, "Refused authentications with their path, newest first (provider only)");
+        app.MapGet("/api/v1/server/metrics", (HttpContext context, RequestMetrics metrics) =>
+                context.Admin().IsProvider ? ApiResults.Ok(metrics.Snapshot()) : ApiResults.Forbidden("only the provider's administrators see the server's metrics"))
+            .Returns<ServerMetrics>(ApiDocs.Admin, "Answer times per route (p50, p95, p99, max) and the server's memory (provider only)");
+        app.MapDelete("/api/v1/server/metrics", (HttpContext context, RequestMetrics metrics) =>
+            {
+                if (!context.Admin().IsProvider)
+                {
+                    return ApiResults.Forbidden("only the provider's administrators reset the server's metrics");
+                }
+
+                metrics.Reset();
+                return Results.NoContent();
+            })
+            .ReturnsNothing(ApiDocs.Admin, "Start the answer-time counts afresh (provider only)");
         app.MapGet("/api/v1/audit", ListAuditAsync).Returns<List<AuditEntry>>(ApiDocs.Admin, "The audit log of the tenants the caller may see, newest first");
     }
 
