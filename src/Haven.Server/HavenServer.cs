@@ -129,6 +129,7 @@ public sealed class HavenServer : IAsyncDisposable
         builder.Services.AddSingleton(db);
         builder.Services.AddSingleton(ca);
         builder.Services.AddSingleton<AuthFailures>();
+        builder.Services.AddSingleton<AgentSessions>();
         builder.Services.AddSingleton<Audit>();
         builder.Services.AddSingleton<RequestMetrics>();
         builder.Services.AddSingleton(repositories);

@@ -124,7 +124,7 @@ internal static class AdminEndpoints
         return ApiResults.Ok(rows.Select(r => r.ToInfo()).ToList());
     }
 
-    private static async Task<IResult> RevokeClientAsync(HttpContext context, string tenant, string client, ManagementDb db, Audit audit, TimeProvider time)
+    private static async Task<IResult> RevokeClientAsync(HttpContext context, string tenant, string client, ManagementDb db, Audit audit, AgentSessions sessions, TimeProvider time)
     {
         var admin = context.Admin();
         if (!admin.CanRead(tenant))
@@ -144,6 +144,7 @@ internal static class AdminEndpoints
             await c.ExecuteAsync("UPDATE client_certificates SET revoked = @now WHERE client_id = @client AND revoked IS NULL AND EXISTS (SELECT 1 FROM clients WHERE id = @client AND tenant_id = @tenant)", new { now, client, tenant }, tx).ConfigureAwait(false);
             return n;
         }, context.RequestAborted).ConfigureAwait(false);
+        sessions.Revoked();
         if (changed == 0)
         {
             return ApiResults.NotFound($"client {client} (or it is revoked already)");

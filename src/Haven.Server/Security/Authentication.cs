@@ -1,6 +1,7 @@
 using Haven.Protocol;
 using Haven.Server.Database;
 using Haven.Server.Pki;
+using Microsoft.AspNetCore.Connections.Features;
 using Microsoft.AspNetCore.Http;
 
 namespace Haven.Server.Security;
@@ -16,7 +17,7 @@ namespace Haven.Server.Security;
 /// </list>
 /// A refusal is recorded with its path (<see cref="AuthFailures"/>), answered with 401, and the connection is closed.
 /// </summary>
-public sealed class Authentication(RequestDelegate next, ManagementDb db, CertificateAuthority ca, AuthFailures failures, TimeProvider time)
+public sealed class Authentication(RequestDelegate next, ManagementDb db, CertificateAuthority ca, AuthFailures failures, AgentSessions sessions, TimeProvider time)
 {
     public const string AdminKey = "haven.admin";
     public const string AgentKey = "haven.agent";
@@ -101,6 +102,34 @@ public sealed class Authentication(RequestDelegate next, ManagementDb db, Certif
     }
 
     private async Task<(AgentPrincipal?, string?)> AuthenticateAgentAsync(HttpContext context)
+    {
+        // A TLS connection keeps its client certificate, so a check holds for the connection's next requests until it
+        // is a minute old or a revocation happened (see AgentSessions).
+        var connection = context.Features.Get<IConnectionItemsFeature>()?.Items;
+        if (connection?.TryGetValue(SessionKey, out var cached) == true && cached is AgentSession session && sessions.IsValid(session, time))
+        {
+            return (session.Agent, null);
+        }
+
+        var (agent, reason) = await CheckAgentAsync(context).ConfigureAwait(false);
+        if (connection is not null)
+        {
+            if (agent is null)
+            {
+                connection.Remove(SessionKey);
+            }
+            else
+            {
+                connection[SessionKey] = sessions.Start(agent, time);
+            }
+        }
+
+        return (agent, reason);
+    }
+
+    private const string SessionKey = "haven.agent.session";
+
+    private async Task<(AgentPrincipal?, string?)> CheckAgentAsync(HttpContext context)
     {
         var cert = await context.Connection.GetClientCertificateAsync().ConfigureAwait(false);
         if (cert is null)
