@@ -21,7 +21,7 @@ public class LayeringTests
         ["Haven.Testing"] = ["Haven.Files"],
         ["Haven.Protocol"] = ["Haven.Storage"],
         ["Haven.Agent"] = ["Haven.Protocol", "Haven.Files"],
-        ["Haven.Server"] = ["Haven.Protocol", "Haven.Storage.S3"],
+        ["Haven.Server"] = ["Haven.Protocol", "Haven.Storage.S3", "Haven.Repository"], // the engine, for its own maintenance (forget, prune)
         ["Haven.Cli"] = ["Haven.Files", "Haven.Storage.S3", "Haven.Server", "Haven.Agent"],
     };
 
