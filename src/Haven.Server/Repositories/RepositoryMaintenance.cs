@@ -97,7 +97,12 @@ internal sealed class RepositoryMaintenance(ManagementDb db, TenantRepositories 
         }
     }
 
-    private sealed record RetainedJob(string JobId, string ClientId, string SnapshotId, string Time, string? Uploader);
+    // Times as two columns: an expression such as COALESCE has no declared type in SQLite, so an empty answer
+    // would not tell Dapper it is text.
+    private sealed record RetainedJob(string JobId, string ClientId, string SnapshotId, string? Started, string Queued, string? Uploader)
+    {
+        public DateTimeOffset Time => Clock.Parse(Started ?? Queued);
+    }
 
     /// <summary>Applies each plan's retention per client; returns how many drops it refused (snapshot not the client's).</summary>
     private async Task<int> ForgetAsync(string tenantId, IStore store, List<string> forgotten, CancellationToken ct)
@@ -114,7 +119,7 @@ internal sealed class RepositoryMaintenance(ManagementDb db, TenantRepositories 
 
             var jobs = await db.QueryAsync<RetainedJob>(
                 """
-                SELECT j.id AS JobId, j.client_id AS ClientId, j.snapshot_id AS SnapshotId, COALESCE(j.started, j.queued) AS Time, u.client_id AS Uploader
+                SELECT j.id AS JobId, j.client_id AS ClientId, j.snapshot_id AS SnapshotId, j.started AS Started, j.queued AS Queued, u.client_id AS Uploader
                 FROM jobs j LEFT JOIN snapshot_uploads u ON u.tenant_id = j.tenant_id AND u.name = j.snapshot_id
                 WHERE j.plan_id = @plan AND j.kind = 'backup' AND j.state IN ('succeeded', 'partial') AND j.snapshot_id IS NOT NULL AND j.forgotten IS NULL
                 """,
@@ -123,7 +128,7 @@ internal sealed class RepositoryMaintenance(ManagementDb db, TenantRepositories 
             {
                 // One entry per snapshot (a resent report names it once more); the policy sees times as the snapshots have them.
                 var snapshots = client.Where(j => ObjectId.TryParse(j.SnapshotId, out _)).GroupBy(j => j.SnapshotId).Select(g => g.First()).ToList();
-                var entries = snapshots.Select(j => (ObjectId.Parse(j.SnapshotId), new Snapshot { Time = Clock.Parse(j.Time), Tree = "", Paths = [], Hostname = client.Key })).ToList();
+                var entries = snapshots.Select(j => (ObjectId.Parse(j.SnapshotId), new Snapshot { Time = j.Time, Tree = "", Paths = [], Hostname = client.Key })).ToList();
                 foreach (var group in RetentionPolicy.Apply(entries, policy, SnapshotGrouping.None))
                 {
                     foreach (var (id, _) in group.Remove)
