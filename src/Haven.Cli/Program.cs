@@ -30,6 +30,7 @@ GlobalOptions.AddTo(root);
 root.Subcommands.Add(QuickstartCommand.Build());
 root.Subcommands.Add(InitCommand.Build());
 root.Subcommands.Add(BackupCommand.Build());
+root.Subcommands.Add(ImageCommand.Build());
 root.Subcommands.Add(SnapshotsCommand.Build());
 root.Subcommands.Add(LsCommand.Build());
 root.Subcommands.Add(RestoreCommand.Build());

@@ -18,11 +18,12 @@ public class LayeringTests
         ["Haven.Storage.S3"] = ["Haven.Storage"],
         ["Haven.Repository"] = ["Haven.Storage"],
         ["Haven.Files"] = ["Haven.Repository"],
+        ["Haven.Images"] = ["Haven.Repository"],
         ["Haven.Testing"] = ["Haven.Files"],
         ["Haven.Protocol"] = ["Haven.Storage"],
         ["Haven.Agent"] = ["Haven.Protocol", "Haven.Files"],
         ["Haven.Server"] = ["Haven.Protocol", "Haven.Storage.S3", "Haven.Repository"], // the engine, for its own maintenance (forget, prune)
-        ["Haven.Cli"] = ["Haven.Files", "Haven.Storage.S3", "Haven.Server", "Haven.Agent"],
+        ["Haven.Cli"] = ["Haven.Files", "Haven.Images", "Haven.Storage.S3", "Haven.Server", "Haven.Agent"],
     };
 
     /// <summary>Projects that may declare ASP.NET Core: the network roles that serve HTTP (the CLI gets it through them).</summary>

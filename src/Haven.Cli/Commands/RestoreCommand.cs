@@ -56,6 +56,10 @@ public static class RestoreCommand
             await using var repo = await ctx.OpenRepositoryAsync(loadIndex: true, ct);
             await using var repoLock = await ctx.LockAsync(repo, exclusive: false, "restore", ct);
             var (id, snap) = await repo.FindSnapshotAsync(reference, filter.Get(p), ct);
+            if (snap.Image is not null)
+            {
+                throw new HavenException(ErrorCode.Usage, $"snapshot {id.Short} is an image of {snap.Paths[0]}, not files", $"restore it with: haven image restore {id.Short} --target DISK-OR-FILE");
+            }
             var root = snap.TreeId;
             if (!string.IsNullOrEmpty(subPath) && subPath != "/")
             {

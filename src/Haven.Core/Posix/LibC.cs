@@ -116,6 +116,12 @@ internal static unsafe partial class LibC
     [LibraryImport(Lib, SetLastError = true)]
     public static partial int lsetxattr(byte* path, byte* name, byte* value, nuint size, int flags);
 
+    [LibraryImport(Lib, EntryPoint = "fallocate64", SetLastError = true)]
+    public static partial int fallocate(int fd, int mode, long offset, long length);
+
+    public const int FALLOC_FL_KEEP_SIZE = 0x01;
+    public const int FALLOC_FL_PUNCH_HOLE = 0x02;
+
     [LibraryImport(Lib, SetLastError = true)]
     public static partial int unlink(byte* path);
 

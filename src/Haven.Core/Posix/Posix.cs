@@ -501,6 +501,9 @@ public static unsafe class Posix
     /// a hole. -1 when <paramref name="offset"/> is at or past the end (ENXIO).</summary>
     public static long SeekHole(SafeFileHandle f, long offset) => Seek(f, offset, SEEK_HOLE, "lseek SEEK_HOLE");
 
+    /// <summary>The size of a file or block device: the offset of its end (lseek SEEK_END), which block devices report too.</summary>
+    public static long SeekEnd(SafeFileHandle f) => Seek(f, 0, 2, "lseek SEEK_END");
+
     private static long Seek(SafeFileHandle f, long offset, int whence, string operation)
     {
         using var fd = new FdLease(f);
@@ -531,6 +534,30 @@ public static unsafe class Posix
                 ThrowErrno(errno, "ftruncate", null);
             }
         }
+    }
+
+    /// <summary>
+    /// Makes a range of a regular file a hole (it reads as zeros and takes no space). False when the file system
+    /// cannot (EOPNOTSUPP): the caller writes zeros instead.
+    /// </summary>
+    public static bool PunchHole(SafeFileHandle f, long offset, long length)
+    {
+        using var fd = new FdLease(f);
+        while (fallocate(fd.Fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) != 0)
+        {
+            int errno = Marshal.GetLastPInvokeError();
+            if (errno == Errno.EOPNOTSUPP)
+            {
+                return false;
+            }
+
+            if (errno != Errno.EINTR)
+            {
+                ThrowErrno(errno, "fallocate", null);
+            }
+        }
+
+        return true;
     }
 
     public static void FSync(SafeFileHandle f)

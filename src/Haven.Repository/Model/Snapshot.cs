@@ -4,6 +4,30 @@ using Haven.Core;
 
 namespace Haven.Repository.Model;
 
+/// <summary>What an image snapshot holds: its size and block size, its generation and how its blocks were found.</summary>
+public sealed record ImageSummary
+{
+    [JsonPropertyName("size")] public long Size { get; init; }
+    [JsonPropertyName("block_size")] public int BlockSize { get; init; }
+
+    /// <summary>1 for the first image snapshot of a source, one more for each later one.</summary>
+    [JsonPropertyName("generation")] public uint Generation { get; init; }
+    [JsonPropertyName("blocks")] public long Blocks { get; init; }
+    [JsonPropertyName("blocks_data")] public long BlocksData { get; init; }
+    [JsonPropertyName("blocks_zero")] public long BlocksZero { get; init; }
+    [JsonPropertyName("blocks_hole")] public long BlocksHole { get; init; }
+    [JsonPropertyName("blocks_free")] public long BlocksFree { get; init; }
+
+    /// <summary>Blocks whose content differs from the previous generation's (all used blocks in generation 1).</summary>
+    [JsonPropertyName("blocks_changed")] public long BlocksChanged { get; init; }
+
+    /// <summary>"frozen" (the filesystem was frozen), "snapshot" (an LVM snapshot was read), or "crash-consistent".</summary>
+    [JsonPropertyName("consistency")] public string Consistency { get; init; } = "crash-consistent";
+
+    /// <summary>The partition table found at the start of the image: "gpt", "mbr" or "none".</summary>
+    [JsonPropertyName("partition_table")] public string PartitionTable { get; init; } = "none";
+}
+
 /// <summary>What a backup did, stored with its snapshot.</summary>
 public sealed record SnapshotSummary
 {
@@ -54,6 +78,13 @@ public sealed record Snapshot
     /// An optional field added within format version 1 (older readers skip it).
     /// </summary>
     [JsonPropertyName("original")] public string? Original { get; init; }
+
+    /// <summary>
+    /// Present on image snapshots (a disk, partition or image file backed up in fixed-size blocks), absent on file
+    /// snapshots. An optional field added within format version 1 (older readers skip it); see
+    /// docs/design/repository-format.md, "Image snapshots".
+    /// </summary>
+    [JsonPropertyName("image")] public ImageSummary? Image { get; init; }
 
     [JsonIgnore] public ObjectId TreeId => ObjectId.Parse(Tree);
 

@@ -1,0 +1,246 @@
+using System.Buffers;
+using System.Threading.Channels;
+using Haven.Core;
+using Haven.Core.Posix;
+using Haven.Repository;
+using Haven.Repository.Model;
+using Microsoft.Win32.SafeHandles;
+
+namespace Haven.Images;
+
+public sealed record ImageBackupOptions
+{
+    /// <summary>Block size when the source has no earlier image snapshot of another size (see docs/benchmarks.md).</summary>
+    public const int DefaultBlockSize = 64 * 1024;
+
+    /// <summary>A block device, a partition or an image file (absolute path).</summary>
+    public required string Source { get; init; }
+
+    public int BlockSize { get; init; } = DefaultBlockSize;
+
+    public string Host { get; init; } = Environment.MachineName;
+
+    public IReadOnlyList<string> Tags { get; init; } = [];
+
+    public BlobWriterOptions? Writer { get; init; }
+
+    /// <summary>Blocks hashed, compressed and encrypted at once.</summary>
+    public int Workers { get; init; } = Math.Max(2, Environment.ProcessorCount);
+
+    public DateTimeOffset? Time { get; init; }
+}
+
+public sealed record ImageBackupResult(ObjectId SnapshotId, Snapshot Snapshot, BlockMap Map, ObjectId? ParentId, long BytesRead, long BytesAdded, long BytesStored);
+
+/// <summary>Live counts of an image backup.</summary>
+public readonly record struct ImageProgress(long BlocksDone, long Blocks, long BytesRead, long BytesAdded);
+
+/// <summary>
+/// Backs up a block device, partition or image file as an image snapshot: fixed-size blocks, each stored as a data blob
+/// unless it is all zeros or a hole of a sparse file (never read). Each block's checksum (its blob id) is compared with
+/// the previous image snapshot of the same source on the same host: an unchanged block keeps its generation, a changed
+/// one gets this snapshot's. Blocks already in the repository (from any snapshot, file or image) are not stored again.
+/// </summary>
+public sealed class ImageBackup(Repository.Repository repo, ImageBackupOptions options)
+{
+    private long _blocksDone;
+    private long _blocks;
+    private long _bytesRead;
+    private BlobWriter? _writer;
+
+    public ImageProgress Progress => new(Interlocked.Read(ref _blocksDone), Interlocked.Read(ref _blocks), Interlocked.Read(ref _bytesRead), _writer?.BytesAdded ?? 0);
+
+    public async Task<ImageBackupResult> RunAsync(CancellationToken ct)
+    {
+        var start = options.Time ?? repo.Time.GetUtcNow();
+        using var source = OpenSource(options.Source, out long size, out bool regular);
+        var previous = await ImageSnapshots.FindPreviousAsync(repo, options.Host, options.Source, ct).ConfigureAwait(false);
+        BlockMap? before = previous is { } p ? await ImageSnapshots.LoadMapAsync(repo, p.Id, p.Snapshot, ct).ConfigureAwait(false) : null;
+        int blockSize = options.BlockSize;
+        if (blockSize < 4096 || blockSize > 16 << 20 || (blockSize & (blockSize - 1)) != 0)
+        {
+            throw new HavenException(ErrorCode.Usage, $"a block size of {blockSize} bytes is not a power of two between 4 KiB and 16 MiB");
+        }
+
+        // Checksums compare block by block only when the blocks are the same.
+        var comparable = before is not null && before.BlockSize == blockSize ? before : null;
+        uint generation = (before?.Generation ?? 0) + 1;
+        long count = BlockMap.BlockCount(size, blockSize);
+        Interlocked.Exchange(ref _blocks, count);
+        var entries = new BlockEntry[count];
+        var holes = regular ? DataExtents.Of(source, size) : null;
+
+        _writer = new BlobWriter(repo, options.Writer);
+        try
+        {
+            var blocks = Channel.CreateBounded<(long Index, byte[] Buffer, int Length)>(options.Workers * 2);
+            var workers = Enumerable.Range(0, options.Workers).Select(_ => Task.Run(() => StoreBlocksAsync(blocks.Reader, entries, comparable, generation, ct), ct)).ToList();
+            Exception? readFailure = null;
+            try
+            {
+                for (long i = 0; i < count; i++)
+                {
+                    long offset = i * blockSize;
+                    int length = (int)Math.Min(blockSize, size - offset);
+                    if (holes is not null && !holes.HasData(offset, length))
+                    {
+                        entries[i] = Unchanged(comparable, i, length, new BlockEntry(BlockKind.Hole, ObjectId.Zero, generation));
+                        Interlocked.Increment(ref _blocksDone);
+                        continue;
+                    }
+
+                    var buffer = ArrayPool<byte>.Shared.Rent(blockSize);
+                    ReadFully(source, buffer.AsSpan(0, length), offset);
+                    Interlocked.Add(ref _bytesRead, length);
+                    await blocks.Writer.WriteAsync((i, buffer, length), ct).ConfigureAwait(false);
+                }
+            }
+            catch (Exception e)
+            {
+                readFailure = e;
+            }
+            finally
+            {
+                blocks.Writer.Complete();
+            }
+
+            await Task.WhenAll(workers).ConfigureAwait(false);
+            if (readFailure is not null)
+            {
+                System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(readFailure);
+            }
+
+            long changed = entries.LongCount(e => e.Generation == generation);
+            var history = (before?.History ?? []).Append(new GenerationRecord(generation, changed, start)).ToList();
+            var map = new BlockMap(size, blockSize, generation, entries, history);
+            var tree = await ImageSnapshots.SaveTreeAsync(repo, _writer, map, ct).ConfigureAwait(false);
+            await _writer.FlushAsync(ct).ConfigureAwait(false);
+
+            var image = new ImageSummary
+            {
+                Size = size,
+                BlockSize = blockSize,
+                Generation = generation,
+                Blocks = count,
+                BlocksData = entries.LongCount(e => e.Kind == BlockKind.Data),
+                BlocksZero = entries.LongCount(e => e.Kind == BlockKind.Zero),
+                BlocksHole = entries.LongCount(e => e.Kind == BlockKind.Hole),
+                BlocksFree = entries.LongCount(e => e.Kind == BlockKind.Free),
+                BlocksChanged = changed,
+                PartitionTable = PartitionTable.Detect(source, size),
+            };
+            var snapshot = new Snapshot
+            {
+                Time = start,
+                Tree = tree.ToString(),
+                Paths = [options.Source],
+                Hostname = options.Host,
+                Username = Environment.UserName,
+                Uid = ProcessIdentity.UserId,
+                Gid = ProcessIdentity.GroupId,
+                Tags = ["image", .. options.Tags.Where(t => t != "image")],
+                Parent = previous?.Id.ToString(),
+                ProgramVersion = "haven " + typeof(ImageBackup).Assembly.GetName().Version?.ToString(3),
+                Image = image,
+                Summary = new SnapshotSummary
+                {
+                    BackupStart = start,
+                    BackupEnd = repo.Time.GetUtcNow(),
+                    FilesNew = before is null ? 1 : 0,
+                    FilesChanged = before is not null && changed > 0 ? 1 : 0,
+                    FilesUnmodified = before is not null && changed == 0 ? 1 : 0,
+                    DataBlobs = _writer.BlobsAdded,
+                    DataAdded = _writer.BytesAdded,
+                    DataAddedStored = _writer.BytesStored,
+                    TotalFilesProcessed = 1,
+                    TotalBytesProcessed = Interlocked.Read(ref _bytesRead),
+                },
+            };
+            var id = await repo.SaveSnapshotAsync(snapshot, ct).ConfigureAwait(false);
+            return new ImageBackupResult(id, snapshot, map, previous?.Id, Interlocked.Read(ref _bytesRead), _writer.BytesAdded, _writer.BytesStored);
+        }
+        finally
+        {
+            await _writer.DisposeAsync().ConfigureAwait(false);
+        }
+    }
+
+    private async Task StoreBlocksAsync(ChannelReader<(long Index, byte[] Buffer, int Length)> blocks, BlockEntry[] entries, BlockMap? before, uint generation, CancellationToken ct)
+    {
+        await foreach (var (index, buffer, length) in blocks.ReadAllAsync(ct).ConfigureAwait(false))
+        {
+            try
+            {
+                var data = buffer.AsMemory(0, length);
+                if (data.Span.IndexOfAnyExcept((byte)0) < 0)
+                {
+                    entries[index] = Unchanged(before, index, length, new BlockEntry(BlockKind.Zero, ObjectId.Zero, generation));
+                }
+                else
+                {
+                    var id = repo.Key.BlobId(data.Span);
+                    entries[index] = Unchanged(before, index, length, new BlockEntry(BlockKind.Data, id, generation));
+                    await _writer!.SaveAsync(BlobType.Data, id, data, ct).ConfigureAwait(false);
+                }
+
+                Interlocked.Increment(ref _blocksDone);
+            }
+            finally
+            {
+                ArrayPool<byte>.Shared.Return(buffer);
+            }
+        }
+    }
+
+    /// <summary>The new entry, with the previous generation's number when the block (same length, same content) did not change.</summary>
+    private static BlockEntry Unchanged(BlockMap? before, long index, int length, BlockEntry now) =>
+        before is not null && index < before.Entries.LongLength && before.LengthOf(index) == length
+        && before.Entries[index] is var old && old.Kind == now.Kind && old.Id == now.Id
+            ? now with { Generation = old.Generation }
+            : now;
+
+    private static SafeFileHandle OpenSource(string path, out long size, out bool regular)
+    {
+        FileStat stat;
+        byte[] resolved;
+        try
+        {
+            // Disks are often named by links (/dev/disk/by-id/…): read what they point to.
+            resolved = PosixPath.FromString(File.ResolveLinkTarget(path, returnFinalTarget: true)?.FullName ?? path);
+            stat = Posix.LStat(resolved);
+        }
+        catch (PosixException e)
+        {
+            throw new HavenException(e.Errno == Errno.ENOENT ? ErrorCode.SourceNotFound : ErrorCode.AccessDenied, $"cannot read {path}: {PosixException.Describe(e.Errno)}");
+        }
+        catch (IOException e)
+        {
+            throw new HavenException(ErrorCode.SourceNotFound, $"cannot read {path}: {e.Message}");
+        }
+
+        if (stat.Type is not (FileType.Regular or FileType.BlockDevice))
+        {
+            throw new HavenException(ErrorCode.Usage, $"{path} is neither a block device nor a regular file", "name a disk, a partition or an image file");
+        }
+
+        regular = stat.Type == FileType.Regular;
+        var handle = Posix.OpenRead(resolved);
+        size = regular ? stat.Size : Posix.SeekEnd(handle);
+        return handle;
+    }
+
+    private static void ReadFully(SafeFileHandle source, Span<byte> buffer, long offset)
+    {
+        int done = 0;
+        while (done < buffer.Length)
+        {
+            int n = Posix.PRead(source, buffer[done..], offset + done);
+            if (n == 0)
+            {
+                throw new HavenException(ErrorCode.Failed, $"the source ended at byte {offset + done}, before its size; did it shrink while it was read?");
+            }
+
+            done += n;
+        }
+    }
+}

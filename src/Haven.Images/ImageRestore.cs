@@ -1,0 +1,225 @@
+using System.Buffers;
+using System.Security.Cryptography;
+using Haven.Core;
+using Haven.Core.Posix;
+using Microsoft.Win32.SafeHandles;
+
+namespace Haven.Images;
+
+public sealed record ImageRestoreOptions
+{
+    /// <summary>Block devices or image files; all get the same bytes in one pass over the snapshot.</summary>
+    public required IReadOnlyList<string> Targets { get; init; }
+
+    /// <summary>Write to a target that is mounted or holds the running system.</summary>
+    public bool Force { get; init; }
+
+    /// <summary>Blobs read and decrypted at once.</summary>
+    public int Workers { get; init; } = Math.Max(2, Environment.ProcessorCount);
+}
+
+public sealed record ImageRestoreResult(long BlocksWritten, long BytesWritten, long BlocksVerified, IReadOnlyList<string> Errors);
+
+/// <summary>
+/// Writes an image snapshot to one or more targets in one pass. Every data block is read once, checked against its
+/// checksum (its blob id), written to every target, read back and checked again. Unused blocks become holes in new
+/// image files (which stay sparse) and zeros elsewhere. A damaged block is named and skipped, and the restore goes on
+/// and reports it. Targets are checked before anything is written: each must be at least as large as the image, and
+/// (unless forced) not mounted.
+/// </summary>
+public sealed class ImageRestore(Repository.Repository repo, ImageRestoreOptions options)
+{
+    private long _blocksDone;
+    private long _bytesWritten;
+
+    public ImageProgress Progress(long blocks) => new(Interlocked.Read(ref _blocksDone), blocks, 0, Interlocked.Read(ref _bytesWritten));
+
+    public async Task<ImageRestoreResult> RunAsync(BlockMap map, CancellationToken ct)
+    {
+        Check(options.Targets, map.ImageSize, options.Force);
+        var targets = options.Targets.Select(t => Open(t, map.ImageSize)).ToList();
+        var errors = new System.Collections.Concurrent.ConcurrentQueue<string>();
+        long verified = 0;
+        try
+        {
+            using var idKey = new HMACSHA256(repo.Key.IdKey);
+            var zeros = new byte[map.BlockSize];
+            await Parallel.ForAsync(0L, map.Entries.LongLength, new ParallelOptions { MaxDegreeOfParallelism = options.Workers, CancellationToken = ct }, async (i, token) =>
+            {
+                var entry = map.Entries[i];
+                long offset = i * map.BlockSize;
+                int length = map.LengthOf(i);
+                if (entry.Kind != BlockKind.Data)
+                {
+                    foreach (var t in targets.Where(t => !t.FreshSparse))
+                    {
+                        // Image files stay sparse; disks (and file systems without holes) get zeros.
+                        if (!t.IsFile || !Posix.PunchHole(t.Handle, offset, length))
+                        {
+                            Posix.PWriteAll(t.Handle, zeros.AsSpan(0, length), offset);
+                        }
+                    }
+
+                    Interlocked.Increment(ref _blocksDone);
+                    return;
+                }
+
+                byte[] plaintext;
+                try
+                {
+                    plaintext = await repo.ReadBlobAsync(entry.Id, token).ConfigureAwait(false);
+                }
+                catch (HavenException e) when (e.Code is ErrorCode.Corrupt or ErrorCode.NotFound)
+                {
+                    errors.Enqueue($"block {i} (bytes {offset}-{offset + length - 1}): chunk {entry.Id.Short} cannot be read: {e.Message}");
+                    return;
+                }
+
+                if (plaintext.Length != length || repo.Key.BlobId(plaintext) != entry.Id)
+                {
+                    errors.Enqueue($"block {i} (bytes {offset}-{offset + length - 1}): chunk {entry.Id.Short} does not match its checksum");
+                    return;
+                }
+
+                var readBack = ArrayPool<byte>.Shared.Rent(length);
+                try
+                {
+                    foreach (var t in targets)
+                    {
+                        Posix.PWriteAll(t.Handle, plaintext, offset);
+                        int n = Posix.PRead(t.Handle, readBack.AsSpan(0, length), offset);
+                        if (n != length || repo.Key.BlobId(readBack.AsSpan(0, length)) != entry.Id)
+                        {
+                            errors.Enqueue($"block {i} (bytes {offset}-{offset + length - 1}) of {t.Path} does not read back as written");
+                        }
+                        else
+                        {
+                            Interlocked.Increment(ref verified);
+                        }
+                    }
+                }
+                finally
+                {
+                    ArrayPool<byte>.Shared.Return(readBack);
+                }
+
+                Interlocked.Add(ref _bytesWritten, (long)length * targets.Count);
+                Interlocked.Increment(ref _blocksDone);
+            }).ConfigureAwait(false);
+
+            foreach (var t in targets)
+            {
+                Posix.FSync(t.Handle);
+            }
+        }
+        finally
+        {
+            foreach (var t in targets)
+            {
+                t.Handle.Dispose();
+            }
+        }
+
+        return new ImageRestoreResult(Interlocked.Read(ref _blocksDone), Interlocked.Read(ref _bytesWritten), verified, errors.OrderBy(e => e, StringComparer.Ordinal).ToList());
+    }
+
+    private sealed record Target(string Path, SafeFileHandle Handle, bool FreshSparse, bool IsFile = true);
+
+    /// <summary>Checks every target before any is written: its kind, its size, and (unless forced) that it is not mounted.</summary>
+    public static void Check(IReadOnlyList<string> targets, long imageSize, bool force)
+    {
+        if (targets.Count == 0)
+        {
+            throw new HavenException(ErrorCode.Usage, "name at least one target", "--target /dev/sdX or --target disk.img");
+        }
+
+        if (targets.Select(t => System.IO.Path.GetFullPath(t)).Distinct().Count() != targets.Count)
+        {
+            throw new HavenException(ErrorCode.Usage, "a target is named twice");
+        }
+
+        foreach (string target in targets)
+        {
+            string real = File.Exists(target) ? File.ResolveLinkTarget(target, returnFinalTarget: true)?.FullName ?? System.IO.Path.GetFullPath(target) : System.IO.Path.GetFullPath(target);
+            if (!Posix.TryLStat(PosixPath.FromString(real), out var stat, out _))
+            {
+                if (!Directory.Exists(System.IO.Path.GetDirectoryName(real)))
+                {
+                    throw new HavenException(ErrorCode.Usage, $"the folder of target {target} does not exist");
+                }
+
+                continue; // a new image file
+            }
+
+            if (stat.Type is not (FileType.Regular or FileType.BlockDevice))
+            {
+                throw new HavenException(ErrorCode.Usage, $"target {target} is neither a block device nor a regular file");
+            }
+
+            if (stat.Type == FileType.BlockDevice)
+            {
+                using var handle = Posix.OpenRead(PosixPath.FromString(real));
+                long size = Posix.SeekEnd(handle);
+                if (size < imageSize)
+                {
+                    throw new HavenException(ErrorCode.Usage, $"target {target} holds {size} bytes, fewer than the image's {imageSize}", "restore onto a disk at least as large");
+                }
+            }
+            else if (stat.Size < imageSize && stat.Size > 0 && !force)
+            {
+                throw new HavenException(ErrorCode.Usage, $"target {target} holds {stat.Size} bytes, fewer than the image's {imageSize}", "name a new file, or give --force to let it grow");
+            }
+
+            if (!force && MountedDevices().Contains(real))
+            {
+                throw new HavenException(ErrorCode.Usage, $"target {target} is mounted; writing to it would destroy the filesystem in use", "unmount it, or give --force");
+            }
+        }
+    }
+
+    private Target Open(string path, long imageSize)
+    {
+        string real = File.Exists(path) ? File.ResolveLinkTarget(path, returnFinalTarget: true)?.FullName ?? System.IO.Path.GetFullPath(path) : System.IO.Path.GetFullPath(path);
+        bool exists = Posix.TryLStat(PosixPath.FromString(real), out var stat, out _);
+        if (!exists || (stat.Type == FileType.Regular && stat.Size == 0))
+        {
+            // A new file: set its length, and every block not written stays a hole.
+            using (var created = Posix.CreateFile(PosixPath.FromString(real), 0x180, truncate: true))
+            {
+                Posix.FTruncate(created, imageSize);
+            }
+
+            return new Target(path, Posix.OpenWrite(PosixPath.FromString(real)), FreshSparse: true); // read-write, to read back
+        }
+
+        var handle = Posix.OpenWrite(PosixPath.FromString(real));
+        if (stat.Type == FileType.Regular && stat.Size < imageSize)
+        {
+            Posix.FTruncate(handle, imageSize); // allowed by Check only with --force
+        }
+
+        return new Target(path, handle, FreshSparse: false, IsFile: stat.Type == FileType.Regular);
+    }
+
+    /// <summary>Devices that /proc/self/mounts names as mounted (resolved through links).</summary>
+    private static HashSet<string> MountedDevices()
+    {
+        var devices = new HashSet<string>(StringComparer.Ordinal);
+        try
+        {
+            foreach (string line in File.ReadLines("/proc/self/mounts"))
+            {
+                string device = line.Split(' ')[0];
+                if (device.StartsWith('/'))
+                {
+                    devices.Add(File.Exists(device) ? File.ResolveLinkTarget(device, returnFinalTarget: true)?.FullName ?? device : device);
+                }
+            }
+        }
+        catch (IOException)
+        {
+        }
+
+        return devices;
+    }
+}

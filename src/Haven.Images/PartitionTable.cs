@@ -1,0 +1,86 @@
+using System.Buffers.Binary;
+using Haven.Core.Posix;
+using Microsoft.Win32.SafeHandles;
+
+namespace Haven.Images;
+
+/// <summary>One partition: its number, first byte and length, and its type (MBR type byte or GPT type GUID).</summary>
+public sealed record Partition(int Number, long Start, long Length, string Type, string? Name);
+
+/// <summary>
+/// The partition table at the start of a disk image: GPT (a protective MBR and the "EFI PART" header at LBA 1) or MBR
+/// (the 0x55AA signature and four primary entries). 512-byte sectors.
+/// </summary>
+public static class PartitionTable
+{
+    private const int Sector = 512;
+
+    /// <summary>"gpt", "mbr" or "none".</summary>
+    public static string Detect(SafeFileHandle disk, long size) => Read(disk, size).Kind;
+
+    public static (string Kind, IReadOnlyList<Partition> Partitions) Read(SafeFileHandle disk, long size)
+    {
+        if (size < 2 * Sector)
+        {
+            return ("none", []);
+        }
+
+        var head = new byte[2 * Sector];
+        if (Posix.PRead(disk, head, 0) < head.Length || head[510] != 0x55 || head[511] != 0xAA)
+        {
+            return ("none", []);
+        }
+
+        if (head.AsSpan(Sector, 8).SequenceEqual("EFI PART"u8))
+        {
+            return ("gpt", ReadGpt(disk, head.AsSpan(Sector, Sector), size));
+        }
+
+        var partitions = new List<Partition>();
+        for (int i = 0; i < 4; i++)
+        {
+            var entry = head.AsSpan(446 + (16 * i), 16);
+            byte type = entry[4];
+            long first = BinaryPrimitives.ReadUInt32LittleEndian(entry[8..]);
+            long sectors = BinaryPrimitives.ReadUInt32LittleEndian(entry[12..]);
+            if (type != 0 && sectors > 0)
+            {
+                partitions.Add(new Partition(i + 1, first * Sector, sectors * Sector, $"0x{type:x2}", null));
+            }
+        }
+
+        // A boot sector of a filesystem also ends in 0x55AA; without any partition entry it is no table.
+        return partitions.Count == 0 ? ("none", []) : ("mbr", partitions);
+    }
+
+    private static List<Partition> ReadGpt(SafeFileHandle disk, ReadOnlySpan<byte> header, long size)
+    {
+        long entriesLba = BinaryPrimitives.ReadInt64LittleEndian(header[72..]);
+        int count = BinaryPrimitives.ReadInt32LittleEndian(header[80..]);
+        int entrySize = BinaryPrimitives.ReadInt32LittleEndian(header[84..]);
+        var partitions = new List<Partition>();
+        if (count is <= 0 or > 1024 || entrySize is < 128 or > 4096 || entriesLba <= 0 || (entriesLba * Sector) + ((long)count * entrySize) > size)
+        {
+            return partitions;
+        }
+
+        var entries = new byte[count * entrySize];
+        Posix.PRead(disk, entries, entriesLba * Sector);
+        for (int i = 0; i < count; i++)
+        {
+            var e = entries.AsSpan(i * entrySize, entrySize);
+            var type = new Guid(e[..16]);
+            if (type == Guid.Empty)
+            {
+                continue;
+            }
+
+            long first = BinaryPrimitives.ReadInt64LittleEndian(e[32..]);
+            long last = BinaryPrimitives.ReadInt64LittleEndian(e[40..]);
+            string name = System.Text.Encoding.Unicode.GetString(e.Slice(56, 72)).TrimEnd('\0');
+            partitions.Add(new Partition(i + 1, first * Sector, (last - first + 1) * Sector, type.ToString(), name));
+        }
+
+        return partitions;
+    }
+}
