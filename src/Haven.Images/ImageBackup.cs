@@ -69,6 +69,7 @@ public sealed class ImageBackup(Repository.Repository repo, ImageBackupOptions o
         Interlocked.Exchange(ref _blocks, count);
         var entries = new BlockEntry[count];
         var holes = regular ? DataExtents.Of(source, size) : null;
+        var free = FreeRanges.Find(source, size);
 
         _writer = new BlobWriter(repo, options.Writer);
         try
@@ -85,6 +86,13 @@ public sealed class ImageBackup(Repository.Repository repo, ImageBackupOptions o
                     if (holes is not null && !holes.HasData(offset, length))
                     {
                         entries[i] = Unchanged(comparable, i, length, new BlockEntry(BlockKind.Hole, ObjectId.Zero, generation));
+                        Interlocked.Increment(ref _blocksDone);
+                        continue;
+                    }
+
+                    if (free.Covers(offset, length))
+                    {
+                        entries[i] = Unchanged(comparable, i, length, new BlockEntry(BlockKind.Free, ObjectId.Zero, generation));
                         Interlocked.Increment(ref _blocksDone);
                         continue;
                     }

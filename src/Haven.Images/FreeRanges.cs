@@ -1,0 +1,82 @@
+using Microsoft.Win32.SafeHandles;
+
+namespace Haven.Images;
+
+/// <summary>
+/// Byte ranges of a source that its filesystems do not use (see <see cref="Ext4FreeSpace"/>): an ext2/3/4 filesystem at
+/// the start of the source, or in any partition of its partition table. Blocks wholly inside are not read.
+/// </summary>
+public sealed class FreeRanges
+{
+    private readonly List<(long Start, long End)> _ranges;
+
+    private FreeRanges(List<(long Start, long End)> ranges)
+    {
+        ranges.Sort();
+        var merged = new List<(long Start, long End)>();
+        foreach (var r in ranges)
+        {
+            if (merged.Count > 0 && merged[^1].End >= r.Start)
+            {
+                merged[^1] = (merged[^1].Start, Math.Max(merged[^1].End, r.End));
+            }
+            else
+            {
+                merged.Add(r);
+            }
+        }
+
+        _ranges = merged;
+    }
+
+    /// <summary>Bytes known to be free.</summary>
+    public long Bytes => _ranges.Sum(r => r.End - r.Start);
+
+    /// <summary>Which filesystems were read, for messages ("ext4 at 0", "ext4 in partition 2").</summary>
+    public IReadOnlyList<string> Filesystems { get; private init; } = [];
+
+    public static FreeRanges Find(SafeFileHandle source, long size)
+    {
+        var ranges = new List<(long, long)>();
+        var found = new List<string>();
+        if (Ext4FreeSpace.Read(source, 0, size) is { } whole)
+        {
+            ranges.AddRange(whole);
+            found.Add("ext2/3/4 filesystem");
+        }
+        else
+        {
+            var (_, partitions) = PartitionTable.Read(source, size);
+            foreach (var p in partitions.Where(p => p.Start + p.Length <= size))
+            {
+                if (Ext4FreeSpace.Read(source, p.Start, p.Length) is { } free)
+                {
+                    ranges.AddRange(free);
+                    found.Add($"ext2/3/4 filesystem in partition {p.Number}");
+                }
+            }
+        }
+
+        return new FreeRanges(ranges) { Filesystems = found };
+    }
+
+    /// <summary>Whether every byte of [offset, offset + length) is free.</summary>
+    public bool Covers(long offset, long length)
+    {
+        int lo = 0, hi = _ranges.Count;
+        while (lo < hi)
+        {
+            int mid = (lo + hi) / 2;
+            if (_ranges[mid].End <= offset)
+            {
+                lo = mid + 1;
+            }
+            else
+            {
+                hi = mid;
+            }
+        }
+
+        return lo < _ranges.Count && _ranges[lo].Start <= offset && _ranges[lo].End >= offset + length;
+    }
+}
