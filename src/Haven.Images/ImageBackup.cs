@@ -28,9 +28,15 @@ public sealed record ImageBackupOptions
     public int Workers { get; init; } = Math.Max(2, Environment.ProcessorCount);
 
     public DateTimeOffset? Time { get; init; }
+
+    /// <summary>Freeze a mounted source's filesystem while it is read, when that is safe (see <see cref="SourceFreeze"/>).</summary>
+    public bool Freeze { get; init; } = true;
+
+    /// <summary>Folders this backup writes to (repository, cache, spool): a filesystem holding one is never frozen.</summary>
+    public IReadOnlyList<string> WrittenPaths { get; init; } = [];
 }
 
-public sealed record ImageBackupResult(ObjectId SnapshotId, Snapshot Snapshot, BlockMap Map, ObjectId? ParentId, long BytesRead, long BytesAdded, long BytesStored);
+public sealed record ImageBackupResult(ObjectId SnapshotId, Snapshot Snapshot, BlockMap Map, ObjectId? ParentId, long BytesRead, long BytesAdded, long BytesStored, IReadOnlyList<string> Warnings);
 
 /// <summary>Live counts of an image backup.</summary>
 public readonly record struct ImageProgress(long BlocksDone, long Blocks, long BytesRead, long BytesAdded);
@@ -53,7 +59,7 @@ public sealed class ImageBackup(Repository.Repository repo, ImageBackupOptions o
     public async Task<ImageBackupResult> RunAsync(CancellationToken ct)
     {
         var start = options.Time ?? repo.Time.GetUtcNow();
-        using var source = OpenSource(options.Source, out long size, out bool regular);
+        using var source = OpenSource(options.Source, out long size, out bool regular, out string resolved);
         var previous = await ImageSnapshots.FindPreviousAsync(repo, options.Host, options.Source, ct).ConfigureAwait(false);
         BlockMap? before = previous is { } p ? await ImageSnapshots.LoadMapAsync(repo, p.Id, p.Snapshot, ct).ConfigureAwait(false) : null;
         int blockSize = options.BlockSize;
@@ -68,6 +74,8 @@ public sealed class ImageBackup(Repository.Repository repo, ImageBackupOptions o
         long count = BlockMap.BlockCount(size, blockSize);
         Interlocked.Exchange(ref _blocks, count);
         var entries = new BlockEntry[count];
+        // Frozen (when it is mounted and that is safe) before its free-block map is read, and thawed once read.
+        var freeze = SourceFreeze.Begin(resolved, options.Freeze, options.WrittenPaths);
         var holes = regular ? DataExtents.Of(source, size) : null;
         var free = FreeRanges.Find(source, size);
 
@@ -113,6 +121,7 @@ public sealed class ImageBackup(Repository.Repository repo, ImageBackupOptions o
             }
 
             await Task.WhenAll(workers).ConfigureAwait(false);
+            freeze.Dispose();
             if (readFailure is not null)
             {
                 System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(readFailure);
@@ -136,6 +145,7 @@ public sealed class ImageBackup(Repository.Repository repo, ImageBackupOptions o
                 BlocksFree = entries.LongCount(e => e.Kind == BlockKind.Free),
                 BlocksChanged = changed,
                 PartitionTable = PartitionTable.Detect(source, size),
+                Consistency = freeze.Consistency,
             };
             var snapshot = new Snapshot
             {
@@ -165,10 +175,11 @@ public sealed class ImageBackup(Repository.Repository repo, ImageBackupOptions o
                 },
             };
             var id = await repo.SaveSnapshotAsync(snapshot, ct).ConfigureAwait(false);
-            return new ImageBackupResult(id, snapshot, map, previous?.Id, Interlocked.Read(ref _bytesRead), _writer.BytesAdded, _writer.BytesStored);
+            return new ImageBackupResult(id, snapshot, map, previous?.Id, Interlocked.Read(ref _bytesRead), _writer.BytesAdded, _writer.BytesStored, freeze.Warning is { } w ? [w] : []);
         }
         finally
         {
+            freeze.Dispose(); // thawed on every way out; a second thaw of the same freeze is harmless
             await _writer.DisposeAsync().ConfigureAwait(false);
         }
     }
@@ -207,7 +218,7 @@ public sealed class ImageBackup(Repository.Repository repo, ImageBackupOptions o
             ? now with { Generation = old.Generation }
             : now;
 
-    private static SafeFileHandle OpenSource(string path, out long size, out bool regular)
+    private static SafeFileHandle OpenSource(string path, out long size, out bool regular, out string resolvedPath)
     {
         FileStat stat;
         byte[] resolved;
@@ -232,6 +243,7 @@ public sealed class ImageBackup(Repository.Repository repo, ImageBackupOptions o
         }
 
         regular = stat.Type == FileType.Regular;
+        resolvedPath = PosixPath.ToDisplay(resolved);
         var handle = Posix.OpenRead(resolved);
         size = regular ? stat.Size : Posix.SeekEnd(handle);
         return handle;

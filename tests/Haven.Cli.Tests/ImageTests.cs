@@ -100,6 +100,40 @@ public sealed class ImageTests
         WithMount(cli, disk, mount => Sh($"cp -a {files}/. {mount}/"));
         cli.Expect(0, "image", "backup", disk);
 
+        // The snapshot as an NBD export, read by qemu-img: the same bytes as the source.
+        int port = RunningServer.FreePort();
+        using (var serve = StartServe(cli, "latest", "--listen", $"127.0.0.1:{port}", "--name", "disk"))
+        {
+            Sh($"qemu-img compare -f raw -F raw nbd://127.0.0.1:{port}/disk {disk}");
+            Assert.Contains("no export named", Capture($"qemu-img info nbd://127.0.0.1:{port}/other").Output);
+            Assert.NotEqual(0, Capture($"qemu-io -f raw -c 'write -P 1 0 512' nbd://127.0.0.1:{port}/disk").Code); // read-only
+            Stop(serve);
+        }
+
+        // A writable export keeps writes in an overlay for as long as it runs; the snapshot does not change.
+        string overlays = Path.Combine(cli.Root, "tmp");
+        Directory.CreateDirectory(overlays);
+        cli.Environment["TMPDIR"] = overlays;
+        int writablePort = RunningServer.FreePort();
+        using (var serve = StartServe(cli, "latest", "--listen", $"127.0.0.1:{writablePort}", "--name", "rw", "--writable"))
+        {
+            Sh($"qemu-io -f raw -c 'write -P 0xab 1000000 70000' nbd://127.0.0.1:{writablePort}/rw");
+            Sh($"qemu-io -f raw -c 'read -P 0xab 1000000 70000' nbd://127.0.0.1:{writablePort}/rw"); // another connection sees it
+            Assert.Equal(1, Capture($"qemu-img compare -f raw -F raw nbd://127.0.0.1:{writablePort}/rw {disk}").Code);
+            Assert.Single(Directory.GetFiles(overlays, "haven-overlay-*"));
+            Stop(serve);
+        }
+
+        Assert.Empty(Directory.GetFiles(overlays, "haven-overlay-*"));
+        cli.Environment.Remove("TMPDIR");
+        int againPort = RunningServer.FreePort();
+        using (var serve = StartServe(cli, "latest", "--listen", $"127.0.0.1:{againPort}"))
+        {
+            string name = cli.Expect(0, "snapshots", "--json").Json.AsArray()[0]!["id"]!.ToString()[..8];
+            Sh($"qemu-img compare -f raw -F raw nbd://127.0.0.1:{againPort}/{name} {disk}");
+            Stop(serve);
+        }
+
         string a = Path.Combine(cli.Root, "a.img"), b = Path.Combine(cli.Root, "b.img"), c = Path.Combine(cli.Root, "c.img");
         var both = cli.Expect(0, "image", "restore", "latest", "--target", a, "--target", b, "--target", c, "--json").Json;
         Assert.Empty(both["errors"]!.AsArray());
@@ -137,6 +171,83 @@ public sealed class ImageTests
         Assert.Equal(ExitCodes.Failed, damaged.ExitCode);
         Assert.Matches(@"error: block \d+ \(bytes \d+-\d+\): chunk [0-9a-f]{8}", damaged.Stderr);
         Assert.DoesNotContain("   at ", damaged.Stderr);
+    }
+
+    [Fact]
+    public void AMountedSource_IsFrozenWhileItIsRead_AndThawedAfterwards()
+    {
+        using var cli = new HavenCli();
+        cli.Expect(0, "init");
+        string disk = Path.Combine(cli.Root, "disk.img");
+        Sh($"truncate -s 64M {disk} && mkfs.ext4 -q -F {disk}");
+        string mount = Path.Combine(cli.Root, "mounted");
+        Directory.CreateDirectory(mount);
+        Sh($"mount -o loop {disk} {mount}");
+        try
+        {
+            // Written just before the backup, maybe still in the page cache: freezing flushes it into the image.
+            File.WriteAllBytes(Path.Combine(mount, "fresh.bin"), TestData.Bytes(3 << 20, seed: 5));
+            var frozen = cli.Expect(0, "image", "backup", disk, "--json").Json;
+            Assert.Equal("frozen", (string)frozen["image"]!["consistency"]!);
+            Sh($"timeout 20 touch {mount}/after-the-backup"); // thawed: writes go on
+
+            var unfrozen = cli.Expect(0, "image", "backup", disk, "--no-freeze", "--json");
+            Assert.Equal("crash-consistent", (string)unfrozen.Json["image"]!["consistency"]!);
+            Assert.Contains("only crash-consistent", unfrozen.Stderr);
+        }
+        finally
+        {
+            Sh($"umount {mount}");
+        }
+
+        string restored = Path.Combine(cli.Root, "restored.img");
+        cli.Expect(0, "image", "restore", (string)cli.Expect(0, "snapshots", "--json").Json.AsArray()[0]!["id"]!, "--target", restored);
+        Sh($"e2fsck -fn {restored}");
+        var files = new List<string>();
+        WithMount(cli, restored, m => files.AddRange(Directory.GetFiles(m).Select(Path.GetFileName)!), readOnly: true);
+        Assert.Contains("fresh.bin", files);
+        Assert.DoesNotContain("after-the-backup", files);
+    }
+
+    /// <summary>An export that is killed when the test leaves it early (a failed assertion), so nothing is left running.</summary>
+    private sealed class Serving(Process process) : IDisposable
+    {
+        public Process Process { get; } = process;
+
+        public void Dispose()
+        {
+            if (!Process.HasExited)
+            {
+                Process.Kill();
+                Process.WaitForExit();
+            }
+
+            Process.Dispose();
+        }
+    }
+
+    /// <summary>Starts <c>haven image serve</c> and waits until it listens.</summary>
+    private static Serving StartServe(HavenCli cli, params string[] args)
+    {
+        var serve = cli.Start(["image", "serve", .. args]);
+        var line = serve.StandardOutput.ReadLineAsync().WaitAsync(TimeSpan.FromSeconds(60)).GetAwaiter().GetResult();
+        var serving = new Serving(serve);
+        if (line?.StartsWith("serving image snapshot", StringComparison.Ordinal) != true)
+        {
+            serving.Dispose();
+            Assert.Fail($"haven image serve said: {line}");
+        }
+
+        return serving;
+    }
+
+    /// <summary>Stops an export as Ctrl-C or systemd would (SIGTERM), and expects it to end cleanly.</summary>
+    private static void Stop(Serving serving)
+    {
+        var serve = serving.Process;
+        Sh($"kill -TERM {serve.Id}");
+        Assert.True(serve.WaitForExit(30_000), "haven image serve did not stop on SIGTERM");
+        Assert.Equal(0, serve.ExitCode);
     }
 
     private static long Allocated(string path)

@@ -12,7 +12,7 @@ public static class ImageCommand
 {
     public static Command Build()
     {
-        var command = new Command("image", "Back up and restore whole disks, partitions and image files block by block") { Backup(), Restore(), Info() };
+        var command = new Command("image", "Back up and restore whole disks, partitions and image files block by block") { Backup(), Restore(), Info(), Serve() };
         return command;
     }
 
@@ -22,20 +22,23 @@ public static class ImageCommand
         var blockSize = new Option<string?>("--block-size") { Description = $"Block size, a power of two from 4K to 16M (default {ImageBackupOptions.DefaultBlockSize / 1024}K)" };
         var tags = new Option<string[]>("--tag") { Description = "Tag the snapshot (repeatable); every image snapshot also has the tag 'image'" };
         var host = new Option<string?>("--host") { Description = "Host name to record (default: this machine's name)" };
+        var noFreeze = new Option<bool>("--no-freeze") { Description = "Do not freeze a mounted source's filesystem while it is read (the image is then crash-consistent)" };
         Runner.RejectOptionLikeValues(source);
         var c = new Command("backup", """
             Back up a disk, partition or image file as an image snapshot
 
             Blocks that are all zeros and holes of sparse files are neither read twice nor stored. Each block's
             checksum is compared with the previous image snapshot of the same source: only changed blocks are stored,
-            and every block records the generation in which it last changed. The image is crash-consistent: for a
-            consistent image of a mounted filesystem, freeze it (fsfreeze) or back up an LVM snapshot.
+            and every block records the generation in which it last changed. Free blocks of ext2/3/4 filesystems are
+            not read. A mounted source's filesystem is frozen while it is read, unless it is the running system's
+            root or holds the repository, cache or spool; then the image is only crash-consistent, and a warning
+            says so. If a backup is killed while a filesystem is frozen, thaw it with fsfreeze -u MOUNTPOINT.
             Exit codes: 0 snapshot saved; 16 the source does not exist; 2 bad usage; see 'haven --help'.
 
             Examples:
               haven image backup /dev/sdb
               haven image backup /var/lib/libvirt/images/vm1.img --tag vm1
-            """) { source, blockSize, tags, host };
+            """) { source, blockSize, tags, host, noFreeze };
         Runner.SetHandler(c, async (ctx, ct) =>
         {
             var p = ctx.Parse;
@@ -50,8 +53,15 @@ public static class ImageCommand
                 Host = p.GetValue(host) ?? Environment.MachineName,
                 Tags = (p.GetValue(tags) ?? []).SelectMany(t => t.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)).ToList(),
                 Writer = new BlobWriterOptions { SpoolDirectory = ctx.SpoolDirectory },
+                Freeze = !p.GetValue(noFreeze),
+                WrittenPaths = [.. WrittenPaths(ctx)],
             });
             var result = await ctx.Output.WithProgressAsync(backup.RunAsync(ct), () => Render(backup.Progress));
+            foreach (string warning in result.Warnings)
+            {
+                Infrastructure.Output.Warn(warning);
+            }
+
             var image = result.Snapshot.Image!;
             var o = ctx.Output;
             o.Line($"image snapshot {result.SnapshotId.Short} of {path}: {Units.Bytes(image.Size)} in {Units.Count(image.Blocks)} blocks of {Units.Bytes(image.BlockSize)}, generation {image.Generation}");
@@ -157,6 +167,65 @@ public static class ImageCommand
         return c;
     }
 
+    private static Command Serve()
+    {
+        var snapshot = new Argument<string>("snapshot") { Description = "Image snapshot id (or prefix), or 'latest'" };
+        var listen = new Option<string>("--listen") { Description = "Address and port to listen on (default 127.0.0.1:10809, the NBD port; port 0 picks a free one)", DefaultValueFactory = _ => "127.0.0.1:10809" };
+        var name = new Option<string?>("--name") { Description = "Export name (default: the snapshot's short id)" };
+        var writable = new Option<bool>("--writable") { Description = "Accept writes, kept in a temporary overlay that is deleted on exit; the snapshot never changes" };
+        var c = new Command("serve", """
+            Export an image snapshot over NBD, as a disk any NBD client can read, without restoring it
+
+            Runs until Ctrl-C. Blocks are read from the repository when a client asks for them, and a cache keeps the
+            ones read often (filesystem metadata). With --writable, writes go to a temporary copy-on-write overlay
+            (in the temp folder) that is deleted when the export stops.
+
+            Examples:
+              haven image serve latest                     # then: qemu-img compare nbd://127.0.0.1:10809/ID disk.img
+              haven image serve 3f2a9c1b --writable --listen 0.0.0.0:10809 --name vm1
+            """) { snapshot, listen, name, writable };
+        Runner.SetHandler(c, async (ctx, ct) =>
+        {
+            var p = ctx.Parse;
+            if (!System.Net.IPEndPoint.TryParse(p.GetValue(listen)!, out var endPoint) || !p.GetValue(listen)!.Contains(':', StringComparison.Ordinal))
+            {
+                throw new HavenException(ErrorCode.Usage, $"'{p.GetValue(listen)}' is not an address and port", "write --listen 127.0.0.1:10809");
+            }
+
+            await using var repo = await ctx.OpenRepositoryAsync(loadIndex: true, ct);
+            await using var repoLock = await ctx.LockAsync(repo, exclusive: false, "image serve", ct);
+            var (id, snap) = await FindImageAsync(repo, p.GetValue(snapshot)!, ct);
+            var map = await ImageSnapshots.LoadMapAsync(repo, id, snap, ct);
+            using var volume = new ImageVolume(repo, map, p.GetValue(writable) ? Path.GetTempPath() : null);
+            string export = p.GetValue(name) ?? id.Short;
+            await using var server = new NbdServer(volume, export, line => Console.Error.WriteLine("haven: " + line));
+            try
+            {
+                server.Start(endPoint);
+            }
+            catch (System.Net.Sockets.SocketException e)
+            {
+                throw new HavenException(ErrorCode.Unavailable, $"cannot listen on {endPoint}: {e.Message}", "choose another port with --listen");
+            }
+
+            ctx.Output.Line($"serving image snapshot {id.Short} ({Units.Bytes(map.ImageSize)}, {(volume.Writable ? "writable, writes kept in a temporary overlay" : "read-only")}) at nbd://{server.EndPoint}/{export}");
+            ctx.Output.JsonResult(new JsonObject { ["snapshot_id"] = id.ToString(), ["url"] = $"nbd://{server.EndPoint}/{export}", ["writable"] = volume.Writable });
+            Console.Out.Flush();
+            using var stop = CancellationTokenSource.CreateLinkedTokenSource(ct);
+            using var term = System.Runtime.InteropServices.PosixSignalRegistration.Create(System.Runtime.InteropServices.PosixSignal.SIGTERM, x => { x.Cancel = true; stop.Cancel(); });
+            try
+            {
+                await Task.Delay(Timeout.Infinite, stop.Token);
+            }
+            catch (OperationCanceledException)
+            {
+            }
+
+            return ExitCodes.Success;
+        });
+        return c;
+    }
+
     private static async Task<(ObjectId Id, Haven.Repository.Model.Snapshot Snapshot)> FindImageAsync(Haven.Repository.Repository repo, string reference, CancellationToken ct)
     {
         var all = await repo.LoadSnapshotsAsync(ct);
@@ -173,6 +242,20 @@ public static class ImageCommand
         }
 
         return found;
+    }
+
+    /// <summary>Where an image backup writes: a filesystem that holds one of these is never frozen.</summary>
+    private static IEnumerable<string> WrittenPaths(CliContext ctx)
+    {
+        string repository = ctx.RepositoryLocation;
+        if (!repository.Contains(':', StringComparison.Ordinal) || repository.StartsWith('/'))
+        {
+            yield return Path.GetFullPath(repository);
+        }
+
+        yield return ctx.CacheRoot;
+        yield return ctx.SpoolDirectory;
+        yield return Path.GetTempPath();
     }
 
     private static int CheckedBlockSize(long size) =>

@@ -116,6 +116,13 @@ internal static unsafe partial class LibC
     [LibraryImport(Lib, SetLastError = true)]
     public static partial int lsetxattr(byte* path, byte* name, byte* value, nuint size, int flags);
 
+    [LibraryImport(Lib, SetLastError = true)]
+    public static partial int ioctl(int fd, nuint request, nint arg);
+
+    /// <summary>linux/fs.h: _IOWR('X', 119, int) and _IOWR('X', 120, int).</summary>
+    public const uint FIFREEZE = 0xC0045877;
+    public const uint FITHAW = 0xC0045878;
+
     [LibraryImport(Lib, EntryPoint = "fallocate64", SetLastError = true)]
     public static partial int fallocate(int fd, int mode, long offset, long length);
 

@@ -537,6 +537,25 @@ public static unsafe class Posix
     }
 
     /// <summary>
+    /// Freezes the filesystem mounted at <paramref name="mountPoint"/> (FIFREEZE): pending writes are flushed and new
+    /// ones wait until <see cref="Thaw"/>. The caller must not write to that filesystem meanwhile, or it waits forever.
+    /// </summary>
+    public static void Freeze(string mountPoint) => FreezeIoctl(mountPoint, FIFREEZE, "ioctl FIFREEZE");
+
+    public static void Thaw(string mountPoint) => FreezeIoctl(mountPoint, FITHAW, "ioctl FITHAW");
+
+    private static void FreezeIoctl(string mountPoint, uint request, string operation)
+    {
+        byte[] path = PosixPath.FromString(mountPoint);
+        using var dir = OpenDirectory(path);
+        using var fd = new FdLease(dir);
+        if (ioctl(fd.Fd, request, 0) != 0)
+        {
+            ThrowErrno(Marshal.GetLastPInvokeError(), operation, path);
+        }
+    }
+
+    /// <summary>
     /// Makes a range of a regular file a hole (it reads as zeros and takes no space). False when the file system
     /// cannot (EOPNOTSUPP): the caller writes zeros instead.
     /// </summary>

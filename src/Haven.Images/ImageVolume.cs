@@ -1,0 +1,170 @@
+using System.Collections.Concurrent;
+using Haven.Core;
+using Haven.Core.Posix;
+using Microsoft.Win32.SafeHandles;
+
+namespace Haven.Images;
+
+/// <summary>
+/// An image snapshot as a volume to read (and, with an overlay, to write) at any offset, without restoring it.
+/// Reads come from the repository block by block. Decrypted blocks are kept in a cache (by default 64 MiB): the
+/// blocks a client reads again and again, such as a filesystem's superblock, group descriptors, bitmaps, inode
+/// tables and directories, stay there. Writes go to a temporary copy-on-write overlay file that is deleted when the
+/// volume is disposed. The stored snapshot never changes.
+/// </summary>
+public sealed class ImageVolume : IDisposable
+{
+    private readonly Repository.Repository _repo;
+    private readonly BlockMap _map;
+    private readonly ConcurrentDictionary<long, (byte[] Data, long Used)> _cache = new();
+    private readonly int _cacheBlocks;
+    private readonly SafeFileHandle? _overlay;
+    private readonly string? _overlayPath;
+    private readonly bool[]? _written;
+    private readonly Lock _writeLock = new();
+    private long _clock;
+
+    public ImageVolume(Repository.Repository repo, BlockMap map, string? overlayFolder, long cacheBytes = 64L << 20)
+    {
+        _repo = repo;
+        _map = map;
+        _cacheBlocks = (int)Math.Max(16, cacheBytes / map.BlockSize);
+        if (overlayFolder is not null)
+        {
+            _overlayPath = Path.Combine(overlayFolder, $"haven-overlay-{Environment.ProcessId}-{Guid.NewGuid():N}.img");
+            using (var created = Posix.CreateFile(PosixPath.FromString(_overlayPath), 0x180, truncate: true))
+            {
+                Posix.FTruncate(created, map.ImageSize);
+            }
+
+            _overlay = Posix.OpenWrite(PosixPath.FromString(_overlayPath));
+            _written = new bool[map.Entries.LongLength];
+        }
+    }
+
+    public long Size => _map.ImageSize;
+
+    public bool Writable => _overlay is not null;
+
+    /// <summary>Fills <paramref name="buffer"/> with the bytes at <paramref name="offset"/>.</summary>
+    public async Task ReadAsync(long offset, Memory<byte> buffer, CancellationToken ct)
+    {
+        CheckRange(offset, buffer.Length);
+        int done = 0;
+        while (done < buffer.Length)
+        {
+            long at = offset + done;
+            long index = at / _map.BlockSize;
+            int within = (int)(at - (index * _map.BlockSize));
+            int n = Math.Min(buffer.Length - done, _map.LengthOf(index) - within);
+            var block = await BlockAsync(index, ct).ConfigureAwait(false);
+            if (block is null)
+            {
+                buffer.Span.Slice(done, n).Clear();
+            }
+            else
+            {
+                block.AsSpan(within, n).CopyTo(buffer.Span[done..]);
+            }
+
+            done += n;
+        }
+    }
+
+    /// <summary>Writes into the overlay: a block written for the first time is first copied there whole.</summary>
+    public async Task WriteAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken ct)
+    {
+        if (_overlay is null)
+        {
+            throw new HavenException(ErrorCode.Usage, "the export is read-only");
+        }
+
+        CheckRange(offset, data.Length);
+        int done = 0;
+        while (done < data.Length)
+        {
+            long at = offset + done;
+            long index = at / _map.BlockSize;
+            int within = (int)(at - (index * _map.BlockSize));
+            int n = Math.Min(data.Length - done, _map.LengthOf(index) - within);
+            if (!Volatile.Read(ref _written![index]))
+            {
+                var original = await BlockAsync(index, ct).ConfigureAwait(false);
+                lock (_writeLock)
+                {
+                    if (!_written[index])
+                    {
+                        if (original is not null)
+                        {
+                            Posix.PWriteAll(_overlay, original, index * _map.BlockSize);
+                        }
+
+                        Volatile.Write(ref _written[index], true);
+                        _cache.TryRemove(index, out _);
+                    }
+                }
+            }
+
+            Posix.PWriteAll(_overlay, data.Span.Slice(done, n), at);
+            done += n;
+        }
+    }
+
+    /// <summary>A block's bytes, or null when it reads as zeros.</summary>
+    private async Task<byte[]?> BlockAsync(long index, CancellationToken ct)
+    {
+        if (_written is not null && Volatile.Read(ref _written[index]))
+        {
+            var fromOverlay = new byte[_map.LengthOf(index)];
+            Posix.PRead(_overlay!, fromOverlay, index * _map.BlockSize);
+            return fromOverlay;
+        }
+
+        var entry = _map.Entries[index];
+        if (entry.Kind != BlockKind.Data)
+        {
+            return null;
+        }
+
+        if (_cache.TryGetValue(index, out var cached))
+        {
+            _cache[index] = (cached.Data, Interlocked.Increment(ref _clock));
+            return cached.Data;
+        }
+
+        var data = await _repo.ReadBlobAsync(entry.Id, ct).ConfigureAwait(false);
+        if (data.Length != _map.LengthOf(index) || _repo.Key.BlobId(data) != entry.Id)
+        {
+            throw new HavenException(ErrorCode.Corrupt, $"block {index} (bytes {index * _map.BlockSize}-{(index * _map.BlockSize) + _map.LengthOf(index) - 1}): chunk {entry.Id.Short} does not match its checksum");
+        }
+
+        _cache[index] = (data, Interlocked.Increment(ref _clock));
+        if (_cache.Count > _cacheBlocks)
+        {
+            // Evict the least recently used quarter at once, so eviction is rare.
+            foreach (var old in _cache.OrderBy(c => c.Value.Used).Take(_cacheBlocks / 4).ToList())
+            {
+                _cache.TryRemove(old.Key, out _);
+            }
+        }
+
+        return data;
+    }
+
+    private void CheckRange(long offset, int length)
+    {
+        if (offset < 0 || length < 0 || offset + length > _map.ImageSize)
+        {
+            throw new ArgumentOutOfRangeException(nameof(offset), $"bytes {offset}+{length} are outside the image of {_map.ImageSize} bytes");
+        }
+    }
+
+    public void Dispose()
+    {
+        _overlay?.Dispose();
+        if (_overlayPath is not null)
+        {
+            File.Delete(_overlayPath);
+        }
+    }
+}
