@@ -37,12 +37,18 @@ public sealed class DataExtents
     /// <summary>Whether any byte of [offset, offset + length) holds data.</summary>
     public bool HasData(long offset, long length)
     {
-        // Binary search for the first extent that ends after offset.
-        int lo = 0, hi = _extents.Count;
+        int at = FirstEndingAfter(_extents, offset);
+        return at < _extents.Count && _extents[at].Start < offset + length;
+    }
+
+    /// <summary>The index of the first of <paramref name="ranges"/> (sorted, disjoint) that ends after <paramref name="offset"/>.</summary>
+    internal static int FirstEndingAfter(List<(long Start, long End)> ranges, long offset)
+    {
+        int lo = 0, hi = ranges.Count;
         while (lo < hi)
         {
             int mid = (lo + hi) / 2;
-            if (_extents[mid].End <= offset)
+            if (ranges[mid].End <= offset)
             {
                 lo = mid + 1;
             }
@@ -52,7 +58,7 @@ public sealed class DataExtents
             }
         }
 
-        return lo < _extents.Count && _extents[lo].Start < offset + length;
+        return lo;
     }
 
     public long DataBytes => _extents.Sum(e => e.End - e.Start);

@@ -63,20 +63,7 @@ public sealed class FreeRanges
     /// <summary>Whether every byte of [offset, offset + length) is free.</summary>
     public bool Covers(long offset, long length)
     {
-        int lo = 0, hi = _ranges.Count;
-        while (lo < hi)
-        {
-            int mid = (lo + hi) / 2;
-            if (_ranges[mid].End <= offset)
-            {
-                lo = mid + 1;
-            }
-            else
-            {
-                hi = mid;
-            }
-        }
-
-        return lo < _ranges.Count && _ranges[lo].Start <= offset && _ranges[lo].End >= offset + length;
+        int at = DataExtents.FirstEndingAfter(_ranges, offset);
+        return at < _ranges.Count && _ranges[at].Start <= offset && _ranges[at].End >= offset + length;
     }
 }
