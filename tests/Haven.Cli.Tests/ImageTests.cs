@@ -66,6 +66,18 @@ public sealed class ImageTests
         Assert.Equal(changed, (long)generations[1]!["blocks_current"]!);
         Assert.Equal((long)info["kinds"]!.AsObject().Sum(k => (long)k.Value!) - changed, (long)generations[0]!["blocks_current"]!);
 
+        // Files inside the image, without restoring it: listed, and dumped as they were in each generation.
+        var listing = cli.Expect(0, "image", "ls", IdOf(second), "/", "--json").Json.AsArray();
+        Assert.Contains(listing, e => (string)e!["name"]! == "tree" && (string)e["type"]! == "dir");
+        var rewrittenEntry = listing.Single(e => (string)e!["name"]! == Path.GetFileName(rewritten[0]))!;
+        Assert.Equal(256 * 1024, (long)rewrittenEntry["size"]!);
+        string dumped = Path.Combine(cli.Root, "dumped.bin");
+        cli.Expect(0, "image", "dump", IdOf(second), "/" + Path.GetFileName(rewritten[0]), "--output", dumped);
+        Assert.Equal(File.ReadAllBytes(rewritten[0]), File.ReadAllBytes(dumped));
+        cli.Expect(0, "image", "dump", (string)first["snapshot_id"]!, "/" + Path.GetFileName(rewritten[0]), "--output", dumped);
+        Assert.Equal(File.ReadAllBytes(Path.Combine(files, Path.GetFileName(rewritten[0]))), File.ReadAllBytes(dumped));
+        Assert.Equal(ExitCodes.NotFound, cli.Run("image", "ls", IdOf(second), "/no/such/folder").ExitCode);
+
         // Both generations, into a new file of the same size and into a larger existing one.
         string firstId = (string)first["snapshot_id"]!;
         string secondId = (string)second["snapshot_id"]!;
@@ -208,6 +220,8 @@ public sealed class ImageTests
         Assert.Contains("fresh.bin", files);
         Assert.DoesNotContain("after-the-backup", files);
     }
+
+    private static string IdOf(JsonNode backup) => (string)backup["snapshot_id"]!;
 
     /// <summary>An export that is killed when the test leaves it early (a failed assertion), so nothing is left running.</summary>
     private sealed class Serving(Process process) : IDisposable

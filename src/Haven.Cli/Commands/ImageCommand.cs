@@ -12,7 +12,7 @@ public static class ImageCommand
 {
     public static Command Build()
     {
-        var command = new Command("image", "Back up and restore whole disks, partitions and image files block by block") { Backup(), Restore(), Info(), Serve() };
+        var command = new Command("image", "Back up and restore whole disks, partitions and image files block by block") { Backup(), Restore(), Info(), Serve(), Ls(), Dump() };
         return command;
     }
 
@@ -224,6 +224,94 @@ public static class ImageCommand
             return ExitCodes.Success;
         });
         return c;
+    }
+
+    private static Option<int?> PartitionOption() => new("--partition") { Description = "The partition that holds the filesystem (its number in the partition table; default: the filesystem starts at the image's first byte)" };
+
+    private static Command Ls()
+    {
+        var snapshot = new Argument<string>("snapshot") { Description = "Image snapshot id (or prefix), or 'latest'" };
+        var path = new Argument<string>("path") { Description = "Folder inside the image's filesystem (default /)", Arity = ArgumentArity.ZeroOrOne, DefaultValueFactory = _ => "/" };
+        var partition = PartitionOption();
+        var c = new Command("ls", "List a folder of the ext2/3/4 filesystem inside an image snapshot, without restoring it") { snapshot, path, partition };
+        Runner.SetHandler(c, async (ctx, ct) =>
+        {
+            var (volume, fs) = await OpenFilesystemAsync(ctx, ctx.Parse.GetValue(snapshot)!, ctx.Parse.GetValue(partition), ct);
+            using (volume)
+            {
+                var entries = await fs.ListAsync(ctx.Parse.GetValue(path)!, ct);
+                foreach (var e in entries)
+                {
+                    ctx.Output.Line($"{e.Kind} {e.Size,14} {e.Modified.ToLocalTime():yyyy-MM-dd HH:mm}  {e.Name}");
+                }
+
+                ctx.Output.JsonResult(new JsonArray([.. entries.Select(e => (JsonNode)new JsonObject
+                {
+                    ["name"] = e.Name, ["type"] = e.Kind switch { 'd' => "dir", 'f' => "file", 'l' => "symlink", _ => "other" }, ["size"] = e.Size, ["mtime"] = e.Modified, ["inode"] = e.Inode,
+                })]));
+            }
+
+            return ExitCodes.Success;
+        });
+        return c;
+    }
+
+    private static Command Dump()
+    {
+        var snapshot = new Argument<string>("snapshot") { Description = "Image snapshot id (or prefix), or 'latest'" };
+        var path = new Argument<string>("path") { Description = "A file inside the image's filesystem" };
+        var output = new Option<string?>("--output", "-o") { Description = "Write to this file instead of stdout" };
+        var partition = PartitionOption();
+        var c = new Command("dump", "Write one file of the ext2/3/4 filesystem inside an image snapshot to stdout, without restoring the image") { snapshot, path, output, partition };
+        Runner.SetHandler(c, async (ctx, ct) =>
+        {
+            var (volume, fs) = await OpenFilesystemAsync(ctx, ctx.Parse.GetValue(snapshot)!, ctx.Parse.GetValue(partition), ct);
+            using (volume)
+            {
+                await using var target = ctx.Parse.GetValue(output) is { } file ? File.Create(file) : Console.OpenStandardOutput();
+                await fs.DumpAsync(ctx.Parse.GetValue(path)!, target, ct);
+            }
+
+            return ExitCodes.Success;
+        });
+        return c;
+    }
+
+    private static async Task<(ImageVolume Volume, Ext4Reader Filesystem)> OpenFilesystemAsync(CliContext ctx, string reference, int? partition, CancellationToken ct)
+    {
+        var repo = await ctx.OpenRepositoryAsync(loadIndex: true, ct);
+        var (id, snap) = await FindImageAsync(repo, reference, ct);
+        var map = await ImageSnapshots.LoadMapAsync(repo, id, snap, ct);
+        var volume = new ImageVolume(repo, map, overlayFolder: null);
+        try
+        {
+            long offset = 0;
+            if (partition is { } number)
+            {
+                var head = new byte[Math.Min(map.ImageSize, 1 << 20)];
+                await volume.ReadAsync(0, head, ct);
+                string temp = Path.Combine(Path.GetTempPath(), $"haven-ptable-{Guid.NewGuid():N}");
+                try
+                {
+                    await File.WriteAllBytesAsync(temp, head, ct);
+                    using var handle = File.OpenHandle(temp);
+                    var (_, partitions) = PartitionTable.Read(handle, map.ImageSize);
+                    offset = partitions.FirstOrDefault(p => p.Number == number)?.Start
+                        ?? throw new HavenException(ErrorCode.NotFound, $"the image has no partition {number}", $"its partitions: {string.Join(", ", partitions.Select(p => p.Number))}");
+                }
+                finally
+                {
+                    File.Delete(temp);
+                }
+            }
+
+            return (volume, await Ext4Reader.OpenAsync(volume, offset, ct));
+        }
+        catch
+        {
+            volume.Dispose();
+            throw;
+        }
     }
 
     private static async Task<(ObjectId Id, Haven.Repository.Model.Snapshot Snapshot)> FindImageAsync(Haven.Repository.Repository repo, string reference, CancellationToken ct)
