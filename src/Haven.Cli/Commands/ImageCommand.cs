@@ -236,7 +236,8 @@ public static class ImageCommand
         var c = new Command("ls", "List a folder of the ext2/3/4 filesystem inside an image snapshot, without restoring it") { snapshot, path, partition };
         Runner.SetHandler(c, async (ctx, ct) =>
         {
-            var (volume, fs) = await OpenFilesystemAsync(ctx, ctx.Parse.GetValue(snapshot)!, ctx.Parse.GetValue(partition), ct);
+            await using var repo = await ctx.OpenRepositoryAsync(loadIndex: true, ct);
+            var (volume, fs) = await OpenFilesystemAsync(repo, ctx.Parse.GetValue(snapshot)!, ctx.Parse.GetValue(partition), ct);
             using (volume)
             {
                 var entries = await fs.ListAsync(ctx.Parse.GetValue(path)!, ct);
@@ -265,7 +266,8 @@ public static class ImageCommand
         var c = new Command("dump", "Write one file of the ext2/3/4 filesystem inside an image snapshot to stdout, without restoring the image") { snapshot, path, output, partition };
         Runner.SetHandler(c, async (ctx, ct) =>
         {
-            var (volume, fs) = await OpenFilesystemAsync(ctx, ctx.Parse.GetValue(snapshot)!, ctx.Parse.GetValue(partition), ct);
+            await using var repo = await ctx.OpenRepositoryAsync(loadIndex: true, ct);
+            var (volume, fs) = await OpenFilesystemAsync(repo, ctx.Parse.GetValue(snapshot)!, ctx.Parse.GetValue(partition), ct);
             using (volume)
             {
                 await using var target = ctx.Parse.GetValue(output) is { } file ? File.Create(file) : Console.OpenStandardOutput();
@@ -277,9 +279,8 @@ public static class ImageCommand
         return c;
     }
 
-    private static async Task<(ImageVolume Volume, Ext4Reader Filesystem)> OpenFilesystemAsync(CliContext ctx, string reference, int? partition, CancellationToken ct)
+    private static async Task<(ImageVolume Volume, Ext4Reader Filesystem)> OpenFilesystemAsync(Haven.Repository.Repository repo, string reference, int? partition, CancellationToken ct)
     {
-        var repo = await ctx.OpenRepositoryAsync(loadIndex: true, ct);
         var (id, snap) = await FindImageAsync(repo, reference, ct);
         var map = await ImageSnapshots.LoadMapAsync(repo, id, snap, ct);
         var volume = new ImageVolume(repo, map, overlayFolder: null);
