@@ -13,8 +13,8 @@ public sealed record ImageRestoreOptions
     /// <summary>Write to a target that is mounted or holds the running system.</summary>
     public bool Force { get; init; }
 
-    /// <summary>Blobs read and decrypted at once.</summary>
-    public int Workers { get; init; } = Math.Max(2, Environment.ProcessorCount);
+    /// <summary>Blocks in flight at once: twice the processors, so writes and reads of one overlap the decoding of another.</summary>
+    public int Workers { get; init; } = 2 * Math.Max(2, Environment.ProcessorCount);
 }
 
 public sealed record ImageRestoreResult(long BlocksWritten, long BytesWritten, long BlocksVerified, IReadOnlyList<string> Errors);
