@@ -12,44 +12,21 @@ namespace Haven.Images;
 /// </summary>
 public static class Ext4FreeSpace
 {
-    private const ushort Magic = 0xEF53;
-    private const uint IncompatMetaBg = 0x10;
-    private const uint Incompat64Bit = 0x80;
-    private const uint RoCompatSparseSuper = 0x1;
     private const ushort BlockUninit = 0x2;
 
     /// <summary>Free byte ranges [start, end) of the filesystem that starts at <paramref name="offset"/>, or null when none is found.</summary>
     public static List<(long Start, long End)>? Read(SafeFileHandle device, long offset, long length)
     {
-        var sb = new byte[1024];
-        if (length < 2048 || Posix.PRead(device, sb, offset + 1024) != sb.Length || BinaryPrimitives.ReadUInt16LittleEndian(sb.AsSpan(56)) != Magic)
+        var bytes = new byte[1024];
+        if (length < 2048 || Posix.PRead(device, bytes, offset + 1024) != bytes.Length || Ext4Superblock.Parse(bytes) is not { } sb
+            || (sb.Incompat & Ext4Superblock.IncompatMetaBg) != 0)
         {
             return null;
         }
 
-        uint logBlockSize = BinaryPrimitives.ReadUInt32LittleEndian(sb.AsSpan(24));
-        uint incompat = BinaryPrimitives.ReadUInt32LittleEndian(sb.AsSpan(96));
-        uint roCompat = BinaryPrimitives.ReadUInt32LittleEndian(sb.AsSpan(100));
-        if (logBlockSize > 6 || (incompat & IncompatMetaBg) != 0)
-        {
-            return null;
-        }
-
-        long blockSize = 1024L << (int)logBlockSize;
-        long blocks = BinaryPrimitives.ReadUInt32LittleEndian(sb.AsSpan(4));
-        bool is64 = (incompat & Incompat64Bit) != 0;
-        if (is64)
-        {
-            blocks |= (long)BinaryPrimitives.ReadUInt32LittleEndian(sb.AsSpan(336)) << 32;
-        }
-
-        long firstDataBlock = BinaryPrimitives.ReadUInt32LittleEndian(sb.AsSpan(20));
-        long perGroup = BinaryPrimitives.ReadUInt32LittleEndian(sb.AsSpan(32));
-        long inodesPerGroup = BinaryPrimitives.ReadUInt32LittleEndian(sb.AsSpan(40));
-        int inodeSize = BinaryPrimitives.ReadUInt16LittleEndian(sb.AsSpan(88));
-        int reservedGdt = BinaryPrimitives.ReadUInt16LittleEndian(sb.AsSpan(206));
-        int descSize = is64 ? BinaryPrimitives.ReadUInt16LittleEndian(sb.AsSpan(254)) : 32;
-        if (blocks <= 0 || perGroup <= 0 || perGroup != blockSize * 8 || descSize < 32 || descSize > 1024 || blocks * blockSize > length || inodeSize < 128)
+        long blockSize = sb.BlockSize, blocks = sb.Blocks, firstDataBlock = sb.FirstDataBlock, perGroup = sb.BlocksPerGroup;
+        int descSize = sb.DescriptorSize, reservedGdt = sb.ReservedGdtBlocks;
+        if (blocks <= 0 || perGroup != blockSize * 8 || blocks * blockSize > length)
         {
             return null;
         }
@@ -62,7 +39,7 @@ public static class Ext4FreeSpace
             return null;
         }
 
-        long inodeTableBlocks = ((inodesPerGroup * inodeSize) + blockSize - 1) / blockSize;
+        long inodeTableBlocks = ((sb.InodesPerGroup * sb.InodeSize) + blockSize - 1) / blockSize;
         var descriptors = new (long BlockBitmap, long InodeBitmap, long InodeTable, ushort Flags)[groups];
         for (long g = 0; g < groups; g++)
         {
@@ -100,7 +77,7 @@ public static class Ext4FreeSpace
             }
             else
             {
-                if (HasSuperblockBackup(g, (roCompat & RoCompatSparseSuper) != 0))
+                if (HasSuperblockBackup(g, (sb.RoCompat & Ext4Superblock.RoCompatSparseSuper) != 0))
                 {
                     for (long i = 0; i < Math.Min(count, 1 + gdtBlocks + reservedGdt); i++)
                     {

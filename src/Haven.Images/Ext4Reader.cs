@@ -43,18 +43,9 @@ public sealed class Ext4Reader
         }
 
         await volume.ReadAsync(offset + 1024, sb, ct).ConfigureAwait(false);
-        if (BinaryPrimitives.ReadUInt16LittleEndian(sb.AsSpan(56)) != 0xEF53)
-        {
-            throw NotExt4();
-        }
-
-        uint log = BinaryPrimitives.ReadUInt32LittleEndian(sb.AsSpan(24));
-        bool is64 = (BinaryPrimitives.ReadUInt32LittleEndian(sb.AsSpan(96)) & 0x80) != 0;
-        int inodeSize = BinaryPrimitives.ReadUInt16LittleEndian(sb.AsSpan(88));
-        return log > 6 || inodeSize < 128
-            ? throw NotExt4()
-            : new Ext4Reader(volume, offset, 1024L << (int)log, BinaryPrimitives.ReadUInt32LittleEndian(sb.AsSpan(40)), inodeSize,
-                BinaryPrimitives.ReadUInt32LittleEndian(sb.AsSpan(20)), is64 ? BinaryPrimitives.ReadUInt16LittleEndian(sb.AsSpan(254)) : 32);
+        return Ext4Superblock.Parse(sb) is { } s
+            ? new Ext4Reader(volume, offset, s.BlockSize, s.InodesPerGroup, s.InodeSize, s.FirstDataBlock, s.DescriptorSize)
+            : throw NotExt4();
     }
 
     private static HavenException NotExt4() =>

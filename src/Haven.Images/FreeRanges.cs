@@ -35,7 +35,8 @@ public sealed class FreeRanges
     /// <summary>Which filesystems were read, for messages ("ext4 at 0", "ext4 in partition 2").</summary>
     public IReadOnlyList<string> Filesystems { get; private init; } = [];
 
-    public static FreeRanges Find(SafeFileHandle source, long size)
+    /// <summary>The free ranges of the filesystem at the start of <paramref name="source"/>, or else of those in its <paramref name="partitions"/>.</summary>
+    public static FreeRanges Find(SafeFileHandle source, long size, IReadOnlyList<Partition> partitions)
     {
         var ranges = new List<(long, long)>();
         var found = new List<string>();
@@ -46,7 +47,6 @@ public sealed class FreeRanges
         }
         else
         {
-            var (_, partitions) = PartitionTable.Read(source, size);
             foreach (var p in partitions.Where(p => p.Start + p.Length <= size))
             {
                 if (Ext4FreeSpace.Read(source, p.Start, p.Length) is { } free)

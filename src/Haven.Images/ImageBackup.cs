@@ -77,7 +77,8 @@ public sealed class ImageBackup(Repository.Repository repo, ImageBackupOptions o
         // Frozen (when it is mounted and that is safe) before its free-block map is read, and thawed once read.
         var freeze = SourceFreeze.Begin(resolved, options.Freeze, options.WrittenPaths);
         var holes = regular ? DataExtents.Of(source, size) : null;
-        var free = FreeRanges.Find(source, size);
+        var (tableKind, partitions) = PartitionTable.Read(source, size);
+        var free = FreeRanges.Find(source, size, partitions);
 
         _writer = new BlobWriter(repo, options.Writer);
         try
@@ -144,7 +145,7 @@ public sealed class ImageBackup(Repository.Repository repo, ImageBackupOptions o
                 BlocksHole = entries.LongCount(e => e.Kind == BlockKind.Hole),
                 BlocksFree = entries.LongCount(e => e.Kind == BlockKind.Free),
                 BlocksChanged = changed,
-                PartitionTable = PartitionTable.Detect(source, size),
+                PartitionTable = tableKind,
                 Consistency = freeze.Consistency,
             };
             var snapshot = new Snapshot
@@ -224,8 +225,7 @@ public sealed class ImageBackup(Repository.Repository repo, ImageBackupOptions o
         byte[] resolved;
         try
         {
-            // Disks are often named by links (/dev/disk/by-id/…): read what they point to.
-            resolved = PosixPath.FromString(File.ResolveLinkTarget(path, returnFinalTarget: true)?.FullName ?? path);
+            resolved = PosixPath.FromString(RealPath.Of(path));
             stat = Posix.LStat(resolved);
         }
         catch (PosixException e)

@@ -140,7 +140,7 @@ public sealed class ImageRestore(Repository.Repository repo, ImageRestoreOptions
 
         foreach (string target in targets)
         {
-            string real = File.Exists(target) ? File.ResolveLinkTarget(target, returnFinalTarget: true)?.FullName ?? System.IO.Path.GetFullPath(target) : System.IO.Path.GetFullPath(target);
+            string real = RealPath.Of(target);
             if (!Posix.TryLStat(PosixPath.FromString(real), out var stat, out _))
             {
                 if (!Directory.Exists(System.IO.Path.GetDirectoryName(real)))
@@ -179,7 +179,7 @@ public sealed class ImageRestore(Repository.Repository repo, ImageRestoreOptions
 
     private Target Open(string path, long imageSize)
     {
-        string real = File.Exists(path) ? File.ResolveLinkTarget(path, returnFinalTarget: true)?.FullName ?? System.IO.Path.GetFullPath(path) : System.IO.Path.GetFullPath(path);
+        string real = RealPath.Of(path);
         bool exists = Posix.TryLStat(PosixPath.FromString(real), out var stat, out _);
         if (!exists || (stat.Type == FileType.Regular && stat.Size == 0))
         {
@@ -212,7 +212,7 @@ public sealed class ImageRestore(Repository.Repository repo, ImageRestoreOptions
                 string device = line.Split(' ')[0];
                 if (device.StartsWith('/'))
                 {
-                    devices.Add(File.Exists(device) ? File.ResolveLinkTarget(device, returnFinalTarget: true)?.FullName ?? device : device);
+                    devices.Add(RealPath.Of(device));
                 }
             }
         }

@@ -79,10 +79,9 @@ public static class ImageSnapshots
             }
         }
 
-        for (int n = 0; n * IdsPerNode < distinct.Count; n++)
+        foreach (var (ids, n) in distinct.Chunk(IdsPerNode).Select((ids, n) => (ids, n)))
         {
-            var ids = distinct.Skip(n * IdsPerNode).Take(IdsPerNode).ToList();
-            nodes.Add(FileNode($"blocks-{n:00000}", (long)ids.Count * map.BlockSize, ids));
+            nodes.Add(FileNode($"blocks-{n:00000}", (long)ids.Length * map.BlockSize, ids));
         }
 
         nodes.Sort((a, b) => a.Name.AsSpan().SequenceCompareTo(b.Name));

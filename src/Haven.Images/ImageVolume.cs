@@ -50,13 +50,8 @@ public sealed class ImageVolume : IDisposable
     public async Task ReadAsync(long offset, Memory<byte> buffer, CancellationToken ct)
     {
         CheckRange(offset, buffer.Length);
-        int done = 0;
-        while (done < buffer.Length)
+        foreach (var (index, within, done, n) in Segments(offset, buffer.Length))
         {
-            long at = offset + done;
-            long index = at / _map.BlockSize;
-            int within = (int)(at - (index * _map.BlockSize));
-            int n = Math.Min(buffer.Length - done, _map.LengthOf(index) - within);
             var block = await BlockAsync(index, ct).ConfigureAwait(false);
             if (block is null)
             {
@@ -66,8 +61,6 @@ public sealed class ImageVolume : IDisposable
             {
                 block.AsSpan(within, n).CopyTo(buffer.Span[done..]);
             }
-
-            done += n;
         }
     }
 
@@ -80,13 +73,8 @@ public sealed class ImageVolume : IDisposable
         }
 
         CheckRange(offset, data.Length);
-        int done = 0;
-        while (done < data.Length)
+        foreach (var (index, _, done, n) in Segments(offset, data.Length))
         {
-            long at = offset + done;
-            long index = at / _map.BlockSize;
-            int within = (int)(at - (index * _map.BlockSize));
-            int n = Math.Min(data.Length - done, _map.LengthOf(index) - within);
             if (!Volatile.Read(ref _written![index]))
             {
                 var original = await BlockAsync(index, ct).ConfigureAwait(false);
@@ -105,7 +93,21 @@ public sealed class ImageVolume : IDisposable
                 }
             }
 
-            Posix.PWriteAll(_overlay, data.Span.Slice(done, n), at);
+            Posix.PWriteAll(_overlay, data.Span.Slice(done, n), offset + done);
+        }
+    }
+
+    /// <summary>Splits [offset, offset + length) at block edges: each piece's block, where it starts in the block and in the request, and its length.</summary>
+    private IEnumerable<(long Index, int Within, int Done, int Count)> Segments(long offset, int length)
+    {
+        int done = 0;
+        while (done < length)
+        {
+            long at = offset + done;
+            long index = at / _map.BlockSize;
+            int within = (int)(at - (index * _map.BlockSize));
+            int n = Math.Min(length - done, _map.LengthOf(index) - within);
+            yield return (index, within, done, n);
             done += n;
         }
     }

@@ -9,37 +9,41 @@ public sealed record Partition(int Number, long Start, long Length, string Type,
 
 /// <summary>
 /// The partition table at the start of a disk image: GPT (a protective MBR and the "EFI PART" header at LBA 1) or MBR
-/// (the 0x55AA signature and four primary entries). 512-byte sectors.
+/// (the 0x55AA signature and four primary entries). 512-byte sectors. Parsed from the image's first bytes
+/// (<see cref="HeadBytes"/>), which hold a standard GPT's entry array too.
 /// </summary>
 public static class PartitionTable
 {
     private const int Sector = 512;
 
-    /// <summary>"gpt", "mbr" or "none".</summary>
-    public static string Detect(SafeFileHandle disk, long size) => Read(disk, size).Kind;
+    /// <summary>How much of the start of an image the table is parsed from.</summary>
+    public const int HeadBytes = 1 << 20;
 
+    /// <summary>Reads the start of <paramref name="disk"/> and parses its table.</summary>
     public static (string Kind, IReadOnlyList<Partition> Partitions) Read(SafeFileHandle disk, long size)
     {
-        if (size < 2 * Sector)
+        var head = new byte[(int)Math.Min(size, HeadBytes)];
+        int n = head.Length == 0 ? 0 : Posix.PRead(disk, head, 0);
+        return Parse(head.AsSpan(0, n), size);
+    }
+
+    /// <summary>"gpt", "mbr" or "none", and the partitions, from the first bytes of an image of <paramref name="size"/> bytes.</summary>
+    public static (string Kind, IReadOnlyList<Partition> Partitions) Parse(ReadOnlySpan<byte> head, long size)
+    {
+        if (head.Length < 2 * Sector || head[510] != 0x55 || head[511] != 0xAA)
         {
             return ("none", []);
         }
 
-        var head = new byte[2 * Sector];
-        if (Posix.PRead(disk, head, 0) < head.Length || head[510] != 0x55 || head[511] != 0xAA)
+        if (head.Slice(Sector, 8).SequenceEqual("EFI PART"u8))
         {
-            return ("none", []);
-        }
-
-        if (head.AsSpan(Sector, 8).SequenceEqual("EFI PART"u8))
-        {
-            return ("gpt", ReadGpt(disk, head.AsSpan(Sector, Sector), size));
+            return ("gpt", ParseGpt(head, size));
         }
 
         var partitions = new List<Partition>();
         for (int i = 0; i < 4; i++)
         {
-            var entry = head.AsSpan(446 + (16 * i), 16);
+            var entry = head.Slice(446 + (16 * i), 16);
             byte type = entry[4];
             long first = BinaryPrimitives.ReadUInt32LittleEndian(entry[8..]);
             long sectors = BinaryPrimitives.ReadUInt32LittleEndian(entry[12..]);
@@ -53,22 +57,23 @@ public static class PartitionTable
         return partitions.Count == 0 ? ("none", []) : ("mbr", partitions);
     }
 
-    private static List<Partition> ReadGpt(SafeFileHandle disk, ReadOnlySpan<byte> header, long size)
+    private static List<Partition> ParseGpt(ReadOnlySpan<byte> head, long size)
     {
+        var header = head.Slice(Sector, Sector);
         long entriesLba = BinaryPrimitives.ReadInt64LittleEndian(header[72..]);
         int count = BinaryPrimitives.ReadInt32LittleEndian(header[80..]);
         int entrySize = BinaryPrimitives.ReadInt32LittleEndian(header[84..]);
         var partitions = new List<Partition>();
-        if (count is <= 0 or > 1024 || entrySize is < 128 or > 4096 || entriesLba <= 0 || (entriesLba * Sector) + ((long)count * entrySize) > size)
+        if (count is <= 0 or > 1024 || entrySize is < 128 or > 4096 || entriesLba <= 0
+            || (entriesLba * Sector) + ((long)count * entrySize) > Math.Min(size, head.Length))
         {
             return partitions;
         }
 
-        var entries = new byte[count * entrySize];
-        Posix.PRead(disk, entries, entriesLba * Sector);
+        var entries = head.Slice((int)(entriesLba * Sector), count * entrySize);
         for (int i = 0; i < count; i++)
         {
-            var e = entries.AsSpan(i * entrySize, entrySize);
+            var e = entries.Slice(i * entrySize, entrySize);
             var type = new Guid(e[..16]);
             if (type == Guid.Empty)
             {

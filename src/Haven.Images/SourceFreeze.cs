@@ -75,7 +75,7 @@ public sealed class SourceFreeze : IDisposable
                     continue;
                 }
 
-                string device = Resolve(fields[0]);
+                string device = RealPath.Of(fields[0]);
                 string mountPoint = Unescape(fields[1]);
                 if (device == source || (device.StartsWith("/dev/loop", StringComparison.Ordinal) && BackingFile(device) == source))
                 {
@@ -94,18 +94,6 @@ public sealed class SourceFreeze : IDisposable
     {
         string path = $"/sys/block/{Path.GetFileName(loopDevice)}/loop/backing_file";
         return File.Exists(path) ? File.ReadAllText(path).Trim() : null;
-    }
-
-    private static string Resolve(string path)
-    {
-        try
-        {
-            return File.ResolveLinkTarget(path, returnFinalTarget: true)?.FullName ?? path;
-        }
-        catch (IOException)
-        {
-            return path;
-        }
     }
 
     /// <summary>/proc/mounts writes space, tab, newline and backslash as octal escapes.</summary>

@@ -289,21 +289,11 @@ public static class ImageCommand
             long offset = 0;
             if (partition is { } number)
             {
-                var head = new byte[Math.Min(map.ImageSize, 1 << 20)];
+                var head = new byte[Math.Min(map.ImageSize, PartitionTable.HeadBytes)];
                 await volume.ReadAsync(0, head, ct);
-                string temp = Path.Combine(Path.GetTempPath(), $"haven-ptable-{Guid.NewGuid():N}");
-                try
-                {
-                    await File.WriteAllBytesAsync(temp, head, ct);
-                    using var handle = File.OpenHandle(temp);
-                    var (_, partitions) = PartitionTable.Read(handle, map.ImageSize);
-                    offset = partitions.FirstOrDefault(p => p.Number == number)?.Start
-                        ?? throw new HavenException(ErrorCode.NotFound, $"the image has no partition {number}", $"its partitions: {string.Join(", ", partitions.Select(p => p.Number))}");
-                }
-                finally
-                {
-                    File.Delete(temp);
-                }
+                var (_, partitions) = PartitionTable.Parse(head, map.ImageSize);
+                offset = partitions.FirstOrDefault(p => p.Number == number)?.Start
+                    ?? throw new HavenException(ErrorCode.NotFound, $"the image has no partition {number}", partitions.Count == 0 ? "it has no partition table: leave out --partition" : $"its partitions: {string.Join(", ", partitions.Select(p => p.Number))}");
             }
 
             return (volume, await Ext4Reader.OpenAsync(volume, offset, ct));

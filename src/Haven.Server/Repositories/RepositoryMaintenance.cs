@@ -62,7 +62,8 @@ internal sealed class RepositoryMaintenance(ManagementDb db, TenantRepositories 
         await gate.WaitAsync(ct).ConfigureAwait(false);
         try
         {
-            var store = repositories.For(tenantId);
+            // Every file maintenance adds or deletes is booked in the tenant's usage and catalog.
+            var store = new MaintenanceStore(repositories.For(tenantId), db, tenantId);
             var forgotten = new List<string>();
             int refused = 0;
             string? skipped = null;
@@ -141,7 +142,7 @@ internal sealed class RepositoryMaintenance(ManagementDb db, TenantRepositories 
                             continue;
                         }
 
-                        await new MaintenanceStore(store, db, tenantId).DeleteAsync(new StoreHandle(FileKind.Snapshot, id.ToString()), ct).ConfigureAwait(false);
+                        await store.DeleteAsync(new StoreHandle(FileKind.Snapshot, id.ToString()), ct).ConfigureAwait(false);
                         await db.ExecuteAsync(
                             "UPDATE jobs SET forgotten = @now WHERE tenant_id = @tenantId AND client_id = @client AND snapshot_id = @snapshot",
                             new { now = Clock.Format(time.GetUtcNow()), tenantId, client = client.Key, snapshot = id.ToString() }, ct).ConfigureAwait(false);
@@ -166,7 +167,7 @@ internal sealed class RepositoryMaintenance(ManagementDb db, TenantRepositories 
             return (null, "the server holds no key to this repository, so it cannot prune (haven admin repository --server-key, or prune from an administrator's machine)");
         }
 
-        await using var repo = await Repository.Repository.OpenAsync(new MaintenanceStore(store, db, tenantId), key.Secret, time, ct).ConfigureAwait(false);
+        await using var repo = await Repository.Repository.OpenAsync(store, key.Secret, time, ct).ConfigureAwait(false);
         RepositoryLock held;
         try
         {

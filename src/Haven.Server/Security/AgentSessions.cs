@@ -16,7 +16,7 @@ public sealed class AgentSessions
 
     private long _epoch;
 
-    public AgentSession Start(AgentPrincipal agent, TimeProvider time) => new(agent, Interlocked.Read(ref _epoch), Stopwatch.GetTimestamp());
+    public AgentSession Start(AgentPrincipal agent) => new(agent, Interlocked.Read(ref _epoch), Stopwatch.GetTimestamp());
 
     public bool IsValid(AgentSession session, TimeProvider time) =>
         session.Epoch == Interlocked.Read(ref _epoch)

@@ -120,7 +120,7 @@ public sealed class Authentication(RequestDelegate next, ManagementDb db, Certif
             }
             else
             {
-                connection[SessionKey] = sessions.Start(agent, time);
+                connection[SessionKey] = sessions.Start(agent);
             }
         }
 
