@@ -1,4 +1,3 @@
-using System.Buffers;
 using Haven.Core;
 using Haven.Core.Posix;
 using Microsoft.Win32.SafeHandles;
@@ -28,6 +27,9 @@ public sealed record ImageRestoreResult(long BlocksWritten, long BytesWritten, l
 /// </summary>
 public sealed class ImageRestore(Repository.Repository repo, ImageRestoreOptions options)
 {
+    /// <summary>Bytes written between two starts of write-back: small enough to keep the disk busy all along.</summary>
+    private const long WriteBackEvery = 32L << 20;
+
     private long _blocksDone;
     private long _bytesWritten;
 
@@ -39,6 +41,7 @@ public sealed class ImageRestore(Repository.Repository repo, ImageRestoreOptions
         var targets = options.Targets.Select(t => Open(t, map.ImageSize)).ToList();
         var errors = new System.Collections.Concurrent.ConcurrentQueue<string>();
         long verified = 0;
+        long sinceWriteBack = 0;
         try
         {
             var zeros = new byte[map.BlockSize];
@@ -63,9 +66,10 @@ public sealed class ImageRestore(Repository.Repository repo, ImageRestoreOptions
                 }
 
                 byte[] plaintext;
+                int plainLength;
                 try
                 {
-                    plaintext = await repo.ReadBlobAsync(entry.Id, token).ConfigureAwait(false);
+                    (plaintext, plainLength) = await repo.ReadBlobPooledAsync(entry.Id, token).ConfigureAwait(false);
                 }
                 catch (HavenException e) when (e.Code is ErrorCode.Corrupt or ErrorCode.NotFound)
                 {
@@ -73,20 +77,20 @@ public sealed class ImageRestore(Repository.Repository repo, ImageRestoreOptions
                     return;
                 }
 
-                // The blob was authenticated when it was decrypted; its checksum is checked on what each target reads
-                // back, which proves both that the blob is the block and that the target holds it.
-                if (plaintext.Length != length)
-                {
-                    errors.Enqueue($"block {i} (bytes {offset}-{offset + length - 1}): chunk {entry.Id.Short} holds {plaintext.Length} bytes, not {length}");
-                    return;
-                }
-
-                var readBack = ArrayPool<byte>.Shared.Rent(length);
+                var readBack = BufferPool.Large.Rent(length);
                 try
                 {
+                    // The blob was authenticated when it was decrypted; its checksum is checked on what each target
+                    // reads back, which proves both that the blob is the block and that the target holds it.
+                    if (plainLength != length)
+                    {
+                        errors.Enqueue($"block {i} (bytes {offset}-{offset + length - 1}): chunk {entry.Id.Short} holds {plainLength} bytes, not {length}");
+                        return;
+                    }
+
                     foreach (var t in targets)
                     {
-                        Posix.PWriteAll(t.Handle, plaintext, offset);
+                        Posix.PWriteAll(t.Handle, plaintext.AsSpan(0, length), offset);
                         int n = Posix.PRead(t.Handle, readBack.AsSpan(0, length), offset);
                         if (n != length || repo.Key.BlobId(readBack.AsSpan(0, length)) != entry.Id)
                         {
@@ -100,7 +104,18 @@ public sealed class ImageRestore(Repository.Repository repo, ImageRestoreOptions
                 }
                 finally
                 {
-                    ArrayPool<byte>.Shared.Return(readBack);
+                    BufferPool.Large.Return(readBack);
+                    BufferPool.Large.Return(plaintext);
+                }
+
+                if (Interlocked.Add(ref sinceWriteBack, length) >= WriteBackEvery)
+                {
+                    // Start the disk on what is written so far; the closing fsync then waits for little.
+                    Interlocked.Exchange(ref sinceWriteBack, 0);
+                    foreach (var t in targets)
+                    {
+                        Posix.StartWriteBack(t.Handle, 0, 0);
+                    }
                 }
 
                 Interlocked.Add(ref _bytesWritten, (long)length * targets.Count);

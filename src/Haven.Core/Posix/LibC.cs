@@ -79,6 +79,9 @@ internal static unsafe partial class LibC
     [LibraryImport(Lib, SetLastError = true)]
     public static partial int fsync(int fd);
 
+    [LibraryImport(Lib, SetLastError = true)]
+    public static partial int sync_file_range(int fd, long offset, long length, uint flags);
+
     /// <summary>Returns the error number instead of setting errno.</summary>
     [LibraryImport(Lib, EntryPoint = "posix_fadvise64")]
     public static partial int posix_fadvise(int fd, long offset, long length, int advice);

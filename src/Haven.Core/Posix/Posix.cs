@@ -579,6 +579,17 @@ public static unsafe class Posix
         return true;
     }
 
+    /// <summary>
+    /// Starts writing back the dirty pages of a range without waiting for them (sync_file_range with
+    /// SYNC_FILE_RANGE_WRITE): a long sequence of writes then overlaps the disk's work with the writer's, and the
+    /// closing fsync has little left to do. No durability promise; a failure is ignored (fsync reports it).
+    /// </summary>
+    public static void StartWriteBack(SafeFileHandle f, long offset, long length)
+    {
+        using var fd = new FdLease(f);
+        _ = sync_file_range(fd.Fd, offset, length, 2 /* SYNC_FILE_RANGE_WRITE */);
+    }
+
     public static void FSync(SafeFileHandle f)
     {
         using var fd = new FdLease(f);
