@@ -20,7 +20,9 @@ export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPE
 #   e2fsprogs  mkfs.ext4, for file systems made in image files (disk-image and no-space tests)
 #   xxd        hex dumps in test fixtures
 #   curl       start-rgw.sh's readiness checks
-packages=(attr e2fsprogs xxd curl qemu-utils)
+#   qemu-utils qemu-img and qemu-io, NBD clients for the image export tests
+#   fdisk      sfdisk, to make and check the partition tables of image tests
+packages=(attr e2fsprogs xxd curl qemu-utils fdisk)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -12,11 +12,14 @@ public sealed record ImageRestoreOptions
     /// <summary>Write to a target that is mounted or holds the running system.</summary>
     public bool Force { get; init; }
 
+    /// <summary>On a target larger than the image, grow the last partition and its ext filesystem to the end (see <see cref="PartitionGrow"/>).</summary>
+    public bool Grow { get; init; }
+
     /// <summary>Blocks in flight at once: twice the processors, so writes and reads of one overlap the decoding of another.</summary>
     public int Workers { get; init; } = 2 * Math.Max(2, Environment.ProcessorCount);
 }
 
-public sealed record ImageRestoreResult(long BlocksWritten, long BytesWritten, long BlocksVerified, IReadOnlyList<string> Errors);
+public sealed record ImageRestoreResult(long BlocksWritten, long BytesWritten, long BlocksVerified, IReadOnlyList<string> Errors, IReadOnlyList<string> Adjustments);
 
 /// <summary>
 /// Writes an image snapshot to one or more targets in one pass. Every data block is read once, checked against its
@@ -135,7 +138,17 @@ public sealed class ImageRestore(Repository.Repository repo, ImageRestoreOptions
             }
         }
 
-        return new ImageRestoreResult(Interlocked.Read(ref _blocksDone), Interlocked.Read(ref _bytesWritten), verified, errors.OrderBy(e => e, StringComparer.Ordinal).ToList());
+        // Only a target that holds the whole image is adapted to its larger size.
+        var adjustments = new List<string>();
+        if (errors.IsEmpty)
+        {
+            foreach (string t in options.Targets)
+            {
+                adjustments.AddRange(PartitionGrow.Apply(t, map.ImageSize, options.Grow).Select(a => $"{t}: {a}"));
+            }
+        }
+
+        return new ImageRestoreResult(Interlocked.Read(ref _blocksDone), Interlocked.Read(ref _bytesWritten), verified, errors.OrderBy(e => e, StringComparer.Ordinal).ToList(), adjustments);
     }
 
     private sealed record Target(string Path, SafeFileHandle Handle, bool FreshSparse, bool IsFile = true);

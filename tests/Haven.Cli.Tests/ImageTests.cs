@@ -221,6 +221,54 @@ public sealed class ImageTests
         Assert.DoesNotContain("after-the-backup", files);
     }
 
+    [Theory]
+    [InlineData("gpt")]
+    [InlineData("dos")]
+    public void ARestoreOntoALargerDisk_GrowsTheTableTheLastPartitionAndItsExt4Filesystem(string label)
+    {
+        using var cli = new HavenCli();
+        cli.Expect(0, "init");
+        string disk = Path.Combine(cli.Root, "disk.img");
+        Sh($"truncate -s 64M {disk} && printf 'label: {label}\\n,8M,{(label == "gpt" ? "U" : "ef")}\\n,,L\\n' | sfdisk -q {disk}");
+        var (start, size) = PartitionOf(disk, 2);
+        string files = Path.Combine(cli.Root, "files");
+        Directory.CreateDirectory(files);
+        TestData.WriteRandomFiles(files, 30, 128 * 1024, seed: 11);
+        WithPartition(disk, start, size, device =>
+        {
+            Sh($"mkfs.ext4 -q -F {device}");
+            WithMount(cli, device, mount => Sh($"cp -a {files}/. {mount}/"));
+        });
+        cli.Expect(0, "image", "backup", disk);
+
+        // Without --grow, a GPT only moves its backup half to the new end; the partitions keep their sizes.
+        string kept = Path.Combine(cli.Root, "kept.img");
+        Sh($"truncate -s 160M {kept}");
+        cli.Expect(0, "image", "restore", "latest", "--target", kept);
+        Sh($"sfdisk --verify {kept}");
+        Assert.Equal((start, size), PartitionOf(kept, 2));
+
+        string larger = Path.Combine(cli.Root, "larger.img");
+        Sh($"truncate -s 160M {larger}");
+        var restored = cli.Expect(0, "image", "restore", "latest", "--target", larger, "--grow", "--json").Json;
+        Assert.Contains(restored["adjustments"]!.AsArray(), a => ((string)a!).Contains("ext filesystem grown", StringComparison.Ordinal));
+        var verify = Capture($"sfdisk --verify {larger}");
+        Assert.True(verify.Code == 0 && !verify.Output.Contains("warning", StringComparison.OrdinalIgnoreCase), verify.Output);
+        var (grownStart, grownSize) = PartitionOf(larger, 2);
+        Assert.Equal(start, grownStart);
+        Assert.InRange(grownSize, (160L << 20) - start - (2L << 20), (160L << 20) - start);
+        Assert.Equal((1L << 20, 8L << 20), PartitionOf(larger, 1));
+        WithPartition(larger, grownStart, grownSize, device =>
+        {
+            Sh($"e2fsck -fn {device}");
+            var (_, superblock) = Capture($"dumpe2fs -h {device}");
+            var blocks = long.Parse(System.Text.RegularExpressions.Regex.Match(superblock, @"Block count:\s+(\d+)").Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
+            var blockSize = long.Parse(System.Text.RegularExpressions.Regex.Match(superblock, @"Block size:\s+(\d+)").Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
+            Assert.InRange(blocks * blockSize, grownSize - (1L << 20), grownSize);
+            WithMount(cli, device, _ => { }, readOnly: true, compareWith: files);
+        });
+    }
+
     private static string IdOf(JsonNode backup) => (string)backup["snapshot_id"]!;
 
     /// <summary>An export that is killed when the test leaves it early (a failed assertion), so nothing is left running.</summary>
@@ -269,6 +317,30 @@ public sealed class ImageTests
         var (code, output) = Capture($"du -B1 {path}");
         Assert.Equal(0, code);
         return long.Parse(output.Split('\t')[0], System.Globalization.CultureInfo.InvariantCulture);
+    }
+
+    /// <summary>Start and length in bytes of partition <paramref name="number"/> of a disk image, as sfdisk reads its table.</summary>
+    private static (long Start, long Size) PartitionOf(string disk, int number)
+    {
+        var (code, output) = Capture($"sfdisk --json {disk}");
+        Assert.True(code == 0, output);
+        var partition = JsonNode.Parse(output)!["partitiontable"]!["partitions"]!.AsArray()[number - 1]!;
+        return ((long)partition["start"]! * 512, (long)partition["size"]! * 512);
+    }
+
+    /// <summary>A loop device over one partition of a disk image, for <paramref name="body"/>.</summary>
+    private static void WithPartition(string disk, long start, long size, Action<string> body)
+    {
+        var (code, device) = Capture($"losetup --find --show --offset {start} --sizelimit {size} {disk}");
+        Assert.True(code == 0, device);
+        try
+        {
+            body(device.Trim());
+        }
+        finally
+        {
+            Sh($"losetup --detach {device.Trim()}");
+        }
     }
 
     /// <summary>Mounts an ext4 image on a loop device for <paramref name="body"/>; with <paramref name="compareWith"/>, compares its files.</summary>

@@ -87,18 +87,20 @@ public static class ImageCommand
         var snapshot = new Argument<string>("snapshot") { Description = "Image snapshot id (or prefix), or 'latest' (the newest image snapshot)" };
         var targets = new Option<string[]>("--target", "-t") { Description = "A block device or image file to write (repeatable: all get the image in one pass)", Required = true };
         var force = new Option<bool>("--force") { Description = "Write to a target that is mounted, or to an image file smaller than the image (it grows)" };
+        var grow = new Option<bool>("--grow") { Description = "On a larger target, grow the last partition to the end, and its ext2/3/4 filesystem with it" };
         var c = new Command("restore", """
             Restore an image snapshot onto one or more disks or image files
 
             The repository's password is checked before anything is written. Every block is checked against its
             checksum, written, read back and checked again; a damaged block is named and the restore goes on.
-            A target must be at least as large as the image. New image files stay sparse.
+            A target must be at least as large as the image. New image files stay sparse. On a larger target a GPT
+            moves to the disk's end; --grow also grows the last partition and its ext2/3/4 filesystem to fill it.
             Exit codes: 0 restored and verified; 1 some blocks could not be restored (named on stderr); 2 bad usage.
 
             Examples:
               haven image restore latest --target /dev/sdc
               haven image restore 3f2a9c1b --target a.img --target b.img
-            """) { snapshot, targets, force };
+            """) { snapshot, targets, force, grow };
         Runner.SetHandler(c, async (ctx, ct) =>
         {
             var p = ctx.Parse;
@@ -107,11 +109,16 @@ public static class ImageCommand
             await using var repoLock = await ctx.LockAsync(repo, exclusive: false, "image restore", ct);
             var (id, snap) = await FindImageAsync(repo, p.GetValue(snapshot)!, ct);
             var map = await ImageSnapshots.LoadMapAsync(repo, id, snap, ct);
-            var restore = new ImageRestore(repo, new ImageRestoreOptions { Targets = targetList, Force = p.GetValue(force) });
+            var restore = new ImageRestore(repo, new ImageRestoreOptions { Targets = targetList, Force = p.GetValue(force), Grow = p.GetValue(grow) });
             var result = await ctx.Output.WithProgressAsync(restore.RunAsync(map, ct), () => Render(restore.Progress(map.Entries.LongLength)));
             foreach (string error in result.Errors)
             {
                 Console.Error.WriteLine("error: " + error);
+            }
+
+            foreach (string adjustment in result.Adjustments)
+            {
+                ctx.Output.Line(adjustment);
             }
 
             ctx.Output.Line($"restored image snapshot {id.Short} ({Units.Bytes(map.ImageSize)}, generation {map.Generation}) to {string.Join(", ", targetList)}: "
@@ -122,6 +129,7 @@ public static class ImageCommand
                 ["targets"] = new JsonArray([.. targetList.Select(t => (JsonNode)t)]),
                 ["blocks"] = map.Entries.LongLength,
                 ["block_writes_verified"] = result.BlocksVerified,
+                ["adjustments"] = new JsonArray([.. result.Adjustments.Select(a => (JsonNode)a)]),
                 ["errors"] = new JsonArray([.. result.Errors.Select(e => (JsonNode)e)]),
             });
             return result.Errors.Count == 0 ? ExitCodes.Success : ExitCodes.Failed;
