@@ -35,6 +35,9 @@ public sealed class FreeRanges
     /// <summary>Which filesystems were read, for messages ("ext4 at 0", "ext4 in partition 2").</summary>
     public IReadOnlyList<string> Filesystems { get; private init; } = [];
 
+    /// <summary>No free range: every block is read.</summary>
+    public static FreeRanges None => new([]);
+
     /// <summary>The free ranges of the filesystem at the start of <paramref name="source"/>, or else of those in its <paramref name="partitions"/>.</summary>
     public static FreeRanges Find(SafeFileHandle source, long size, IReadOnlyList<Partition> partitions)
     {

@@ -34,9 +34,13 @@ public sealed record ImageBackupOptions
 
     /// <summary>Folders this backup writes to (repository, cache, spool): a filesystem holding one is never frozen.</summary>
     public IReadOnlyList<string> WrittenPaths { get; init; } = [];
+
+    /// <summary>The changed-block maps: a source whose map validates is not read at all, and one read while nothing wrote it gets a map.</summary>
+    public TargetMaps? Maps { get; init; }
 }
 
-public sealed record ImageBackupResult(ObjectId SnapshotId, Snapshot Snapshot, BlockMap Map, ObjectId? ParentId, long BytesRead, long BytesAdded, long BytesStored, IReadOnlyList<string> Warnings);
+/// <param name="Notes">Which changed-block map was used, or why none was.</param>
+public sealed record ImageBackupResult(ObjectId SnapshotId, Snapshot Snapshot, BlockMap Map, ObjectId? ParentId, long BytesRead, long BytesAdded, long BytesStored, IReadOnlyList<string> Warnings, IReadOnlyList<string> Notes);
 
 /// <summary>Live counts of an image backup.</summary>
 public readonly record struct ImageProgress(long BlocksDone, long Blocks, long BytesRead, long BytesAdded);
@@ -74,11 +78,18 @@ public sealed class ImageBackup(Repository.Repository repo, ImageBackupOptions o
         long count = BlockMap.BlockCount(size, blockSize);
         Interlocked.Exchange(ref _blocks, count);
         var entries = new BlockEntry[count];
+        // A source that is not mounted and that nothing wrote since Haven last saw it holds what its changed-block
+        // map says. A mounted one may have writes in the page cache that no counter shows yet.
+        var notes = new List<string>();
+        bool mounted = SourceFreeze.MountPointOf(resolved) is not null;
+        var stamp = options.Maps is not null && !mounted ? TargetStamp.Of(resolved) : null;
+        var (held, heldUnusedAreZero) = stamp is null ? (null, false) : await HeldAsync(resolved, size, blockSize, notes, ct).ConfigureAwait(false);
+
         // Frozen (when it is mounted and that is safe) before its free-block map is read, and thawed once read.
         var freeze = SourceFreeze.Begin(resolved, options.Freeze, options.WrittenPaths);
-        var holes = regular ? DataExtents.Of(source, size) : null;
+        var holes = regular && held is null ? DataExtents.Of(source, size) : null;
         var (tableKind, partitions) = PartitionTable.Read(source, size);
-        var free = FreeRanges.Find(source, size, partitions);
+        var free = held is null ? FreeRanges.Find(source, size, partitions) : FreeRanges.None;
 
         _writer = new BlobWriter(repo, options.Writer);
         try
@@ -92,6 +103,14 @@ public sealed class ImageBackup(Repository.Repository repo, ImageBackupOptions o
                 {
                     long offset = i * blockSize;
                     int length = (int)Math.Min(blockSize, size - offset);
+                    if (held is not null)
+                    {
+                        var old = held.Entries[i];
+                        entries[i] = Unchanged(comparable, i, length, old with { Generation = generation });
+                        Interlocked.Increment(ref _blocksDone);
+                        continue;
+                    }
+
                     if (holes is not null && !holes.HasData(offset, length))
                     {
                         entries[i] = Unchanged(comparable, i, length, new BlockEntry(BlockKind.Hole, ObjectId.Zero, generation));
@@ -176,13 +195,53 @@ public sealed class ImageBackup(Repository.Repository repo, ImageBackupOptions o
                 },
             };
             var id = await repo.SaveSnapshotAsync(snapshot, ct).ConfigureAwait(false);
-            return new ImageBackupResult(id, snapshot, map, previous?.Id, Interlocked.Read(ref _bytesRead), _writer.BytesAdded, _writer.BytesStored, freeze.Warning is { } w ? [w] : []);
+
+            // Read while nothing wrote it (the same stamp after as before): the source holds this snapshot now.
+            if (stamp is not null && stamp.ChangedIn(TargetStamp.Of(resolved)) is null)
+            {
+                options.Maps!.Record(resolved, id, held is not null && heldUnusedAreZero, stamp);
+            }
+            else if (stamp is not null)
+            {
+                options.Maps!.Forget(resolved);
+            }
+
+            return new ImageBackupResult(id, snapshot, map, previous?.Id, Interlocked.Read(ref _bytesRead), _writer.BytesAdded, _writer.BytesStored, freeze.Warning is { } w ? [w] : [], notes);
         }
         finally
         {
             freeze.Dispose(); // thawed on every way out; a second thaw of the same freeze is harmless
             await _writer.DisposeAsync().ConfigureAwait(false);
         }
+    }
+
+    /// <summary>The snapshot the source holds by its changed-block map, when the map validates and all its data blocks are in the repository.</summary>
+    private async Task<(BlockMap? Map, bool UnusedAreZero)> HeldAsync(string source, long size, int blockSize, List<string> notes, CancellationToken ct)
+    {
+        var (found, reason) = options.Maps!.Find(source);
+        if (found is null)
+        {
+            if (reason is not null)
+            {
+                notes.Add($"the changed-block map of {source} is not used, because {reason}; every used block is read");
+            }
+
+            return (null, false);
+        }
+
+        var held = await ImageSnapshots.TryLoadMapAsync(repo, found.Snapshot, ct).ConfigureAwait(false);
+        string? unusable = held is null ? $"snapshot {found.Snapshot[..8]}, which it names, is gone"
+            : held.ImageSize != size || held.BlockSize != blockSize ? $"snapshot {found.Snapshot[..8]}, which it names, has another size or block size"
+            : held.Entries.Any(e => e.Kind == BlockKind.Data && !repo.Index.Contains(e.Id)) ? $"blocks of snapshot {found.Snapshot[..8]} are missing from the repository"
+            : null;
+        if (unusable is not null)
+        {
+            notes.Add($"the changed-block map of {source} is not used, because {unusable}; every used block is read");
+            return (null, false);
+        }
+
+        notes.Add($"nothing was read: the changed-block map of {source} shows no write since it held snapshot {found.Snapshot[..8]}");
+        return (held, found.UnusedAreZero);
     }
 
     private async Task StoreBlocksAsync(ChannelReader<(long Index, byte[] Buffer, int Length)> blocks, BlockEntry[] entries, BlockMap? before, uint generation, CancellationToken ct)
@@ -212,10 +271,13 @@ public sealed class ImageBackup(Repository.Repository repo, ImageBackupOptions o
         }
     }
 
-    /// <summary>The new entry, with the previous generation's number when the block (same length, same content) did not change.</summary>
+    /// <summary>
+    /// The new entry, with the previous generation's number when the block (same length, same content) did not change.
+    /// Zero, hole and free blocks all restore as zeros: a block that turns from one into another is unchanged.
+    /// </summary>
     private static BlockEntry Unchanged(BlockMap? before, long index, int length, BlockEntry now) =>
         before is not null && index < before.Entries.LongLength && before.LengthOf(index) == length
-        && before.Entries[index] is var old && old.Kind == now.Kind && old.Id == now.Id
+        && before.Entries[index] is var old && (old.Kind == BlockKind.Data) == (now.Kind == BlockKind.Data) && old.Id == now.Id
             ? now with { Generation = old.Generation }
             : now;
 

@@ -15,11 +15,19 @@ public sealed record ImageRestoreOptions
     /// <summary>On a target larger than the image, grow the last partition and its ext filesystem to the end (see <see cref="PartitionGrow"/>).</summary>
     public bool Grow { get; init; }
 
+    /// <summary>The changed-block maps: a target whose map validates gets only the blocks that differ from what it holds.</summary>
+    public TargetMaps? Maps { get; init; }
+
+    /// <summary>Write every block, whatever the targets' changed-block maps say.</summary>
+    public bool Full { get; init; }
+
     /// <summary>Blocks in flight at once: twice the processors, so writes and reads of one overlap the decoding of another.</summary>
     public int Workers { get; init; } = 2 * Math.Max(2, Environment.ProcessorCount);
 }
 
-public sealed record ImageRestoreResult(long BlocksWritten, long BytesWritten, long BlocksVerified, IReadOnlyList<string> Errors, IReadOnlyList<string> Adjustments);
+/// <param name="BlocksUnchanged">Block writes left out, summed over the targets, because a target's changed-block map showed it held them.</param>
+/// <param name="Notes">Per target: which changed-block map was used, or why none was.</param>
+public sealed record ImageRestoreResult(long BlocksWritten, long BytesWritten, long BlocksVerified, long BlocksUnchanged, IReadOnlyList<string> Errors, IReadOnlyList<string> Adjustments, IReadOnlyList<string> Notes);
 
 /// <summary>
 /// Writes an image snapshot to one or more targets in one pass. Every data block is read once, checked against its
@@ -38,12 +46,20 @@ public sealed class ImageRestore(Repository.Repository repo, ImageRestoreOptions
 
     public ImageProgress Progress(long blocks) => new(Interlocked.Read(ref _blocksDone), blocks, 0, Interlocked.Read(ref _bytesWritten));
 
-    public async Task<ImageRestoreResult> RunAsync(BlockMap map, CancellationToken ct)
+    public async Task<ImageRestoreResult> RunAsync(ObjectId snapshotId, BlockMap map, CancellationToken ct)
     {
         Check(options.Targets, map.ImageSize, options.Force);
-        var targets = options.Targets.Select(t => Open(t, map.ImageSize)).ToList();
+        var notes = new List<string>();
+        var held = new List<(BlockMap? Map, bool UnusedAreZero)>();
+        foreach (string t in options.Targets)
+        {
+            held.Add(await HeldAsync(t, map, notes, ct).ConfigureAwait(false));
+        }
+
+        var targets = options.Targets.Select((t, n) => Open(t, map.ImageSize) with { Held = held[n].Map, UnusedAreZero = held[n].UnusedAreZero }).ToList();
         var errors = new System.Collections.Concurrent.ConcurrentQueue<string>();
         long verified = 0;
+        long unchanged = 0;
         long sinceWriteBack = 0;
         try
         {
@@ -57,6 +73,12 @@ public sealed class ImageRestore(Repository.Repository repo, ImageRestoreOptions
                 {
                     foreach (var t in targets.Where(t => !t.FreshSparse))
                     {
+                        if (t.Holds(i, entry))
+                        {
+                            Interlocked.Increment(ref unchanged);
+                            continue;
+                        }
+
                         // Image files stay sparse; disks (and file systems without holes) get zeros.
                         if (!t.IsFile || !Posix.PunchHole(t.Handle, offset, length))
                         {
@@ -64,6 +86,14 @@ public sealed class ImageRestore(Repository.Repository repo, ImageRestoreOptions
                         }
                     }
 
+                    Interlocked.Increment(ref _blocksDone);
+                    return;
+                }
+
+                var writing = targets.Where(t => !t.Holds(i, entry)).ToList();
+                Interlocked.Add(ref unchanged, targets.Count - writing.Count);
+                if (writing.Count == 0)
+                {
                     Interlocked.Increment(ref _blocksDone);
                     return;
                 }
@@ -91,7 +121,7 @@ public sealed class ImageRestore(Repository.Repository repo, ImageRestoreOptions
                         return;
                     }
 
-                    foreach (var t in targets)
+                    foreach (var t in writing)
                     {
                         Posix.PWriteAll(t.Handle, plaintext.AsSpan(0, length), offset);
                         int n = Posix.PRead(t.Handle, readBack.AsSpan(0, length), offset);
@@ -121,7 +151,7 @@ public sealed class ImageRestore(Repository.Repository repo, ImageRestoreOptions
                     }
                 }
 
-                Interlocked.Add(ref _bytesWritten, (long)length * targets.Count);
+                Interlocked.Add(ref _bytesWritten, (long)length * writing.Count);
                 Interlocked.Increment(ref _blocksDone);
             }).ConfigureAwait(false);
 
@@ -138,20 +168,96 @@ public sealed class ImageRestore(Repository.Repository repo, ImageRestoreOptions
             }
         }
 
-        // Only a target that holds the whole image is adapted to its larger size.
+        // Only a target that holds the whole image is adapted to its larger size. A target that holds exactly the
+        // snapshot gets a changed-block map; one whose table or filesystem was adapted holds something else.
         var adjustments = new List<string>();
         if (errors.IsEmpty)
         {
             foreach (string t in options.Targets)
             {
-                adjustments.AddRange(PartitionGrow.Apply(t, map.ImageSize, options.Grow).Select(a => $"{t}: {a}"));
+                var adjusted = PartitionGrow.Apply(t, map.ImageSize, options.Grow);
+                adjustments.AddRange(adjusted.Select(a => $"{t}: {a}"));
+                string real = RealPath.Of(t);
+                if (options.Maps is { } maps && adjusted.Count == 0 && !IsMounted(real) && TargetStamp.Of(real) is { } stamp)
+                {
+                    maps.Record(real, snapshotId, unusedAreZero: true, stamp);
+                }
             }
         }
 
-        return new ImageRestoreResult(Interlocked.Read(ref _blocksDone), Interlocked.Read(ref _bytesWritten), verified, errors.OrderBy(e => e, StringComparer.Ordinal).ToList(), adjustments);
+        return new ImageRestoreResult(Interlocked.Read(ref _blocksDone), Interlocked.Read(ref _bytesWritten), verified, Interlocked.Read(ref unchanged),
+            errors.OrderBy(e => e, StringComparer.Ordinal).ToList(), adjustments, notes);
     }
 
-    private sealed record Target(string Path, SafeFileHandle Handle, bool FreshSparse, bool IsFile = true);
+    /// <summary>
+    /// What <paramref name="target"/> holds by its changed-block map, when the map validates and names a snapshot of
+    /// the same shape; the map is forgotten either way, as the target is about to be written.
+    /// </summary>
+    private async Task<(BlockMap? Map, bool UnusedAreZero)> HeldAsync(string target, BlockMap map, List<string> notes, CancellationToken ct)
+    {
+        string real = RealPath.Of(target);
+        if (options.Maps is not { } maps)
+        {
+            return (null, false);
+        }
+
+        var (found, reason) = maps.Find(real);
+        maps.Forget(real);
+        if (found is null)
+        {
+            if (reason is not null)
+            {
+                notes.Add($"{target}: its changed-block map is not used, because {reason}; every block is written");
+            }
+
+            return (null, false);
+        }
+
+        if (options.Full || IsMounted(real))
+        {
+            notes.Add($"{target}: every block is written ({(options.Full ? "--full" : "it is mounted, and its page cache may hold writes")})");
+            return (null, false);
+        }
+
+        var held = await ImageSnapshots.TryLoadMapAsync(repo, found.Snapshot, ct).ConfigureAwait(false);
+        if (held is null || held.ImageSize != map.ImageSize || held.BlockSize != map.BlockSize)
+        {
+            notes.Add($"{target}: its changed-block map names snapshot {found.Snapshot[..8]}, which {(held is null ? "is gone" : "has another size or block size")}; every block is written");
+            return (null, false);
+        }
+
+        notes.Add($"{target}: holds snapshot {found.Snapshot[..8]} (its changed-block map validates); only blocks that differ are written");
+        return (held, found.UnusedAreZero);
+    }
+
+    private static bool IsMounted(string real) => MountedDevices().Contains(real) || SourceFreeze.MountPointOf(real) is not null;
+
+    private sealed record Target(string Path, SafeFileHandle Handle, bool FreshSparse, bool IsFile = true)
+    {
+        /// <summary>The snapshot the target holds by its changed-block map, or null (every block is written).</summary>
+        public BlockMap? Held { get; init; }
+
+        /// <summary>The held snapshot's blocks that are not data hold zeros (Haven wrote them).</summary>
+        public bool UnusedAreZero { get; init; }
+
+        /// <summary>Whether the target already holds what block <paramref name="index"/> must hold.</summary>
+        public bool Holds(long index, BlockEntry entry)
+        {
+            if (Held is null)
+            {
+                return false;
+            }
+
+            var old = Held.Entries[index];
+            if (entry.Kind == BlockKind.Data)
+            {
+                return old.Kind == BlockKind.Data && old.Id == entry.Id;
+            }
+
+            // Zeros are wanted, unless the filesystem does not use the block at all.
+            return old.Kind != BlockKind.Data && (entry.Kind == BlockKind.Free || old.Kind != BlockKind.Free || UnusedAreZero);
+        }
+    }
 
     /// <summary>Checks every target before any is written: its kind, its size, and (unless forced) that it is not mounted.</summary>
     public static void Check(IReadOnlyList<string> targets, long imageSize, bool force)

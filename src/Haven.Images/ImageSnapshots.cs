@@ -29,6 +29,25 @@ public static class ImageSnapshots
         return match.Snapshot is null ? null : match;
     }
 
+    /// <summary>The block map of the image snapshot a changed-block map names, or null when it is gone, damaged or no image.</summary>
+    public static async Task<BlockMap?> TryLoadMapAsync(Repository.Repository repo, string snapshotId, CancellationToken ct)
+    {
+        if (!ObjectId.TryParse(snapshotId, out var id))
+        {
+            return null;
+        }
+
+        try
+        {
+            var snapshot = await repo.LoadSnapshotAsync(id, ct).ConfigureAwait(false);
+            return snapshot.Image is null ? null : await LoadMapAsync(repo, id, snapshot, ct).ConfigureAwait(false);
+        }
+        catch (HavenException)
+        {
+            return null;
+        }
+    }
+
     public static async Task<BlockMap> LoadMapAsync(Repository.Repository repo, ObjectId id, Snapshot snapshot, CancellationToken ct)
     {
         if (snapshot.Image is null)

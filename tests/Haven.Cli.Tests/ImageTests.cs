@@ -269,6 +269,65 @@ public sealed class ImageTests
         });
     }
 
+    [Fact]
+    public void AChangedBlockMap_LetsAnUnwrittenTargetBeBackedUpWithoutReading_AndARestoreWriteOnlyTheBlocksThatDiffer()
+    {
+        using var cli = new HavenCli();
+        cli.Expect(0, "init");
+        string disk = Path.Combine(cli.Root, "disk.img");
+        Sh($"dd if=/dev/zero of={disk} bs=1M count=64 status=none && mkfs.ext4 -q -F -E nodiscard {disk}");
+        string files = Path.Combine(cli.Root, "files");
+        Directory.CreateDirectory(files);
+        TestData.WriteRandomFiles(files, 40, 128 * 1024, seed: 21);
+        WithMount(cli, disk, mount => Sh($"cp -a {files}/. {mount}/"));
+
+        // The first backup reads the used blocks; nothing wrote the file while it was read, so it gets a map.
+        var first = cli.Expect(0, "image", "backup", disk, "--json").Json;
+        Assert.True((long)first["bytes_read"]! > 5L << 20, first.ToJsonString());
+        var again = cli.Expect(0, "image", "backup", disk, "--json").Json;
+        Assert.Equal(0, (long)again["bytes_read"]!);
+        Assert.Contains("nothing was read", (string)again["notes"]![0]!);
+        Assert.Equal(0, (long)again["image"]!["blocks_changed"]!);
+        Assert.Equal((long)first["image"]!["blocks_data"]!, (long)again["image"]!["blocks_data"]!);
+        Assert.Equal(0, cli.Expect(0, "image", "backup", disk, "--read-all", "--json").Json["image"]!["blocks_changed"]!.GetValue<long>());
+
+        // A restored target holds its snapshot: backing it up reads nothing, and it mounts with the files.
+        string clone = Path.Combine(cli.Root, "clone.img");
+        cli.Expect(0, "image", "restore", IdOf(first), "--target", clone);
+        var cloneBackup = cli.Expect(0, "image", "backup", clone, "--json").Json;
+        Assert.Equal(0, (long)cloneBackup["bytes_read"]!);
+
+        // The source changes through a mount: the map shows the write, and every used block is read again.
+        string changed = Path.Combine(cli.Root, "changed");
+        Directory.CreateDirectory(changed);
+        TestData.WriteRandomFiles(changed, 8, 128 * 1024, seed: 22);
+        WithMount(cli, disk, mount => Sh($"cp -a {changed}/. {mount}/ && rm {mount}/{Path.GetFileName(Directory.GetFiles(files)[0])}"));
+        var third = cli.Expect(0, "image", "backup", disk, "--json").Json;
+        Assert.True((long)third["bytes_read"]! > 5L << 20, third.ToJsonString());
+        Assert.Contains("it was written since", (string)third["notes"]![0]!);
+
+        // Refreshing the clone writes only the blocks that differ, and leaves it byte for byte as a full restore does.
+        var refresh = cli.Expect(0, "image", "restore", IdOf(third), "--target", clone, "--json").Json;
+        long unchanged = (long)refresh["block_writes_unchanged"]!;
+        Assert.InRange(unchanged, 900, 1023);
+        Assert.InRange((long)refresh["block_writes_verified"]!, 16, 200);
+        string fresh = Path.Combine(cli.Root, "fresh.img");
+        cli.Expect(0, "image", "restore", IdOf(third), "--target", fresh);
+        Assert.Equal(File.ReadAllBytes(fresh), File.ReadAllBytes(clone));
+        Sh($"e2fsck -fn {clone}");
+
+        // A map that was edited fails its checksum: the clone is written whole.
+        string map = Directory.GetFiles(Path.Combine(cli.CacheDir), "*", SearchOption.AllDirectories).Single(f => f.Contains("/targets/", StringComparison.Ordinal) && MapNames(f, clone));
+        File.WriteAllText(map, File.ReadAllText(map).Replace("\"unused_are_zero\":true", "\"unused_are_zero\":false", StringComparison.Ordinal));
+        var tampered = cli.Expect(0, "image", "restore", IdOf(first), "--target", clone, "--json").Json;
+        Assert.Equal(0, (long)tampered["block_writes_unchanged"]!);
+        Assert.Contains("fails its checksum", (string)tampered["notes"]![0]!);
+        Assert.Equal(0, (long)cli.Expect(0, "image", "restore", IdOf(third), "--target", clone, "--full", "--json").Json["block_writes_unchanged"]!);
+        Assert.Equal(File.ReadAllBytes(fresh), File.ReadAllBytes(clone));
+    }
+
+    private static bool MapNames(string mapFile, string target) => File.ReadAllText(mapFile).Contains($"\"target\":\"{target}\"", StringComparison.Ordinal);
+
     private static string IdOf(JsonNode backup) => (string)backup["snapshot_id"]!;
 
     /// <summary>An export that is killed when the test leaves it early (a failed assertion), so nothing is left running.</summary>

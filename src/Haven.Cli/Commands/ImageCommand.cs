@@ -23,6 +23,7 @@ public static class ImageCommand
         var tags = new Option<string[]>("--tag") { Description = "Tag the snapshot (repeatable); every image snapshot also has the tag 'image'" };
         var host = new Option<string?>("--host") { Description = "Host name to record (default: this machine's name)" };
         var noFreeze = new Option<bool>("--no-freeze") { Description = "Do not freeze a mounted source's filesystem while it is read (the image is then crash-consistent)" };
+        var readAll = new Option<bool>("--read-all") { Description = "Read every used block, even when the source's changed-block map shows nothing wrote it since Haven last did" };
         Runner.RejectOptionLikeValues(source);
         var c = new Command("backup", """
             Back up a disk, partition or image file as an image snapshot
@@ -33,12 +34,14 @@ public static class ImageCommand
             not read. A mounted source's filesystem is frozen while it is read, unless it is the running system's
             root or holds the repository, cache or spool; then the image is only crash-consistent, and a warning
             says so. If a backup is killed while a filesystem is frozen, thaw it with fsfreeze -u MOUNTPOINT.
+            A source that is not mounted and that nothing wrote since Haven last restored or backed it up (its
+            changed-block map validates) is not read at all; --read-all reads it anyway.
             Exit codes: 0 snapshot saved; 16 the source does not exist; 2 bad usage; see 'haven --help'.
 
             Examples:
               haven image backup /dev/sdb
               haven image backup /var/lib/libvirt/images/vm1.img --tag vm1
-            """) { source, blockSize, tags, host, noFreeze };
+            """) { source, blockSize, tags, host, noFreeze, readAll };
         Runner.SetHandler(c, async (ctx, ct) =>
         {
             var p = ctx.Parse;
@@ -55,11 +58,17 @@ public static class ImageCommand
                 Writer = new BlobWriterOptions { SpoolDirectory = ctx.SpoolDirectory },
                 Freeze = !p.GetValue(noFreeze),
                 WrittenPaths = [.. WrittenPaths(ctx)],
+                Maps = p.GetValue(readAll) ? null : MapsOf(repo),
             });
             var result = await ctx.Output.WithProgressAsync(backup.RunAsync(ct), () => Render(backup.Progress));
             foreach (string warning in result.Warnings)
             {
                 Infrastructure.Output.Warn(warning);
+            }
+
+            foreach (string note in result.Notes)
+            {
+                ctx.Output.Line(note);
             }
 
             var image = result.Snapshot.Image!;
@@ -76,6 +85,7 @@ public static class ImageCommand
                 ["bytes_read"] = result.BytesRead,
                 ["bytes_added"] = result.BytesAdded,
                 ["bytes_stored"] = result.BytesStored,
+                ["notes"] = new JsonArray([.. result.Notes.Select(n => (JsonNode)n)]),
             });
             return ExitCodes.Success;
         });
@@ -87,20 +97,23 @@ public static class ImageCommand
         var snapshot = new Argument<string>("snapshot") { Description = "Image snapshot id (or prefix), or 'latest' (the newest image snapshot)" };
         var targets = new Option<string[]>("--target", "-t") { Description = "A block device or image file to write (repeatable: all get the image in one pass)", Required = true };
         var force = new Option<bool>("--force") { Description = "Write to a target that is mounted, or to an image file smaller than the image (it grows)" };
+        var full = new Option<bool>("--full") { Description = "Write every block, even to a target whose changed-block map shows it holds most of them" };
         var grow = new Option<bool>("--grow") { Description = "On a larger target, grow the last partition to the end, and its ext2/3/4 filesystem with it" };
         var c = new Command("restore", """
             Restore an image snapshot onto one or more disks or image files
 
             The repository's password is checked before anything is written. Every block is checked against its
             checksum, written, read back and checked again; a damaged block is named and the restore goes on.
-            A target must be at least as large as the image. New image files stay sparse. On a larger target a GPT
+            A target must be at least as large as the image. New image files stay sparse. A target that Haven
+            restored or backed up, and that nothing wrote since (its changed-block map validates), gets only the
+            blocks that differ from the snapshot it holds; --full writes every block. On a larger target a GPT
             moves to the disk's end; --grow also grows the last partition and its ext2/3/4 filesystem to fill it.
             Exit codes: 0 restored and verified; 1 some blocks could not be restored (named on stderr); 2 bad usage.
 
             Examples:
               haven image restore latest --target /dev/sdc
               haven image restore 3f2a9c1b --target a.img --target b.img
-            """) { snapshot, targets, force, grow };
+            """) { snapshot, targets, force, grow, full };
         Runner.SetHandler(c, async (ctx, ct) =>
         {
             var p = ctx.Parse;
@@ -109,11 +122,16 @@ public static class ImageCommand
             await using var repoLock = await ctx.LockAsync(repo, exclusive: false, "image restore", ct);
             var (id, snap) = await FindImageAsync(repo, p.GetValue(snapshot)!, ct);
             var map = await ImageSnapshots.LoadMapAsync(repo, id, snap, ct);
-            var restore = new ImageRestore(repo, new ImageRestoreOptions { Targets = targetList, Force = p.GetValue(force), Grow = p.GetValue(grow) });
-            var result = await ctx.Output.WithProgressAsync(restore.RunAsync(map, ct), () => Render(restore.Progress(map.Entries.LongLength)));
+            var restore = new ImageRestore(repo, new ImageRestoreOptions { Targets = targetList, Force = p.GetValue(force), Grow = p.GetValue(grow), Full = p.GetValue(full), Maps = MapsOf(repo) });
+            var result = await ctx.Output.WithProgressAsync(restore.RunAsync(id, map, ct), () => Render(restore.Progress(map.Entries.LongLength)));
             foreach (string error in result.Errors)
             {
                 Console.Error.WriteLine("error: " + error);
+            }
+
+            foreach (string note in result.Notes)
+            {
+                ctx.Output.Line(note);
             }
 
             foreach (string adjustment in result.Adjustments)
@@ -122,14 +140,16 @@ public static class ImageCommand
             }
 
             ctx.Output.Line($"restored image snapshot {id.Short} ({Units.Bytes(map.ImageSize)}, generation {map.Generation}) to {string.Join(", ", targetList)}: "
-                + $"{Units.Count(result.BlocksVerified)} block writes verified, {result.Errors.Count} error(s)");
+                + $"{Units.Count(result.BlocksVerified)} block writes verified{(result.BlocksUnchanged > 0 ? $", {Units.Count(result.BlocksUnchanged)} left as they were" : "")}, {result.Errors.Count} error(s)");
             ctx.Output.JsonResult(new JsonObject
             {
                 ["snapshot_id"] = id.ToString(),
                 ["targets"] = new JsonArray([.. targetList.Select(t => (JsonNode)t)]),
                 ["blocks"] = map.Entries.LongLength,
                 ["block_writes_verified"] = result.BlocksVerified,
+                ["block_writes_unchanged"] = result.BlocksUnchanged,
                 ["adjustments"] = new JsonArray([.. result.Adjustments.Select(a => (JsonNode)a)]),
+                ["notes"] = new JsonArray([.. result.Notes.Select(n => (JsonNode)n)]),
                 ["errors"] = new JsonArray([.. result.Errors.Select(e => (JsonNode)e)]),
             });
             return result.Errors.Count == 0 ? ExitCodes.Success : ExitCodes.Failed;
@@ -233,6 +253,9 @@ public static class ImageCommand
         });
         return c;
     }
+
+    /// <summary>The changed-block maps of the repository's targets, kept in its cache folder (none with --no-cache).</summary>
+    private static TargetMaps? MapsOf(Haven.Repository.Repository repo) => repo.Cache is { } cache ? new TargetMaps(cache.Directory, repo.Key) : null;
 
     private static Option<int?> PartitionOption() => new("--partition") { Description = "The partition that holds the filesystem (its number in the partition table; default: the filesystem starts at the image's first byte)" };
 
