@@ -3,6 +3,7 @@ using Haven.Core;
 using Haven.Files.Backup;
 using Haven.Files.Filters;
 using Haven.Files.Restore;
+using Haven.Images;
 using Haven.Protocol;
 using Haven.Repository;
 using Haven.Storage;
@@ -28,7 +29,8 @@ public sealed record AgentRunOptions
 /// <summary>
 /// <c>haven agent run</c>: the daemon on a client. It dials out to the server (so it works behind NAT), says it is
 /// ready (at start, and when the server can be reached again after it could not), and keeps a poll open on which
-/// the server hands it jobs at once. It runs each job (a plan's backup into the tenant's repository, or a restore),
+/// the server hands it jobs at once. It runs each job (a plan's backup of files or of a disk image into the tenant's
+/// repository, or a restore of either),
 /// reports progress every few seconds and a final summary. Final reports go to a queue in the state folder first
 /// and are sent from there, so they survive the server being away and the agent being restarted.
 /// </summary>
@@ -129,7 +131,8 @@ public sealed class AgentRunner(AgentState state, AgentRunOptions? options = nul
         {
             final = job.Kind switch
             {
-                "backup" when job.Plan is { } plan => await BackupAsync(api, job.JobId, plan, ct).ConfigureAwait(false),
+                "backup" when job.Plan is { Kind: PlanKinds.Image } plan => await ImageBackupAsync(api, job.JobId, plan, ct).ConfigureAwait(false),
+                "backup" when job.Plan is { Kind: null or PlanKinds.Files } plan => await BackupAsync(api, job.JobId, plan, ct).ConfigureAwait(false),
                 "restore" when job.Restore is { } restore => await RestoreAsync(api, job.JobId, restore, ct).ConfigureAwait(false),
                 _ => new JobReport(JobStates.Failed, Message: $"this agent does not know how to run a '{job.Kind}' job (update it)"),
             };
@@ -267,6 +270,38 @@ public sealed class AgentRunner(AgentState state, AgentRunOptions? options = nul
         return new JobReport(result.ErrorCount > 0 ? JobStates.Partial : JobStates.Succeeded, last, stats, result.SnapshotId.ToString(), message);
     }
 
+    /// <summary>The changed-block maps of the disks this agent reads and writes, in its cache.</summary>
+    private static TargetMaps? MapsOf(Repository.Repository repo) => repo.Cache is { } cache ? new TargetMaps(cache.Directory, repo.Key) : null;
+
+    /// <summary>An image plan: its one disk, partition or image file, block by block (as <c>haven image backup</c>).</summary>
+    private async Task<JobReport> ImageBackupAsync(ApiClient api, string jobId, PlanSpec plan, CancellationToken ct)
+    {
+        await using var repo = await OpenRepositoryAsync(plan.BandwidthBytesPerSecond, ct).ConfigureAwait(false);
+        await using var repoLock = await RepositoryLock.AcquireAsync(repo, exclusive: false, "image backup", TimeSpan.FromMinutes(5), ct).ConfigureAwait(false);
+        var backup = new ImageBackup(repo, new ImageBackupOptions
+        {
+            Source = plan.Paths[0],
+            BlockSize = plan.BlockSize ?? ImageBackupOptions.DefaultBlockSize,
+            Host = state.LoadIdentity().ClientName,
+            Tags = [$"plan:{plan.Name}"],
+            Writer = new BlobWriterOptions { SpoolDirectory = Path.Combine(state.Folder, "spool"), UploadConcurrency = 4 },
+            WrittenPaths = [state.Folder, Path.GetTempPath()],
+            Maps = MapsOf(repo),
+        });
+        var started = DateTimeOffset.UtcNow;
+        var result = await ReportWhileAsync(api, jobId, JobStates.Running, backup.RunAsync(ct), () => ImageProgress(backup.Progress), ct).ConfigureAwait(false);
+        var image = result.Snapshot.Image!;
+        var stats = new JobStats(image.Generation == 1 ? 1 : 0, image.Generation > 1 && image.BlocksChanged > 0 ? 1 : 0, image.Generation > 1 && image.BlocksChanged == 0 ? 1 : 0, 0,
+            result.BytesRead, result.BytesAdded, result.BytesStored, 0, 0, (DateTimeOffset.UtcNow - started).TotalSeconds);
+        var last = ImageProgress(backup.Progress);
+        string? problem = await ReportWhileAsync(api, jobId, JobStates.Verifying, VerifyAsync(repo, result.SnapshotId, ct), () => last with { Time = DateTimeOffset.UtcNow }, ct).ConfigureAwait(false);
+        string message = $"image of {plan.Paths[0]}: generation {image.Generation}, {image.BlocksChanged} of {image.Blocks} blocks changed, {image.Consistency}"
+            + string.Concat(result.Warnings.Concat(result.Notes).Select(w => "; " + w));
+        return new JobReport(problem is null ? JobStates.Succeeded : JobStates.Failed, last, stats, result.SnapshotId.ToString(), problem ?? message);
+    }
+
+    private static JobProgress ImageProgress(ImageProgress p) => new(p.BlocksDone, p.Blocks, p.BytesRead, p.BytesRead, 0, DateTimeOffset.UtcNow);
+
     /// <summary>Null when the snapshot loads and all its trees and chunks are indexed; else what is wrong.</summary>
     private static async Task<string?> VerifyAsync(Repository.Repository repo, ObjectId snapshotId, CancellationToken ct)
     {
@@ -305,6 +340,11 @@ public sealed class AgentRunner(AgentState state, AgentRunOptions? options = nul
         await using var repo = await OpenRepositoryAsync(null, ct).ConfigureAwait(false);
         await using var repoLock = await RepositoryLock.AcquireAsync(repo, exclusive: false, "restore", TimeSpan.FromMinutes(5), ct).ConfigureAwait(false);
         var (id, snapshot) = await repo.FindSnapshotAsync(spec.Snapshot, null, ct).ConfigureAwait(false);
+        if (snapshot.Image is not null)
+        {
+            return await ImageRestoreAsync(api, jobId, repo, id, snapshot, spec, ct).ConfigureAwait(false);
+        }
+
         var includes = new PatternSet();
         foreach (var path in spec.Paths ?? [])
         {
@@ -322,6 +362,26 @@ public sealed class AgentRunner(AgentState state, AgentRunOptions? options = nul
         var last = new JobProgress(result.Files, result.Files, result.Bytes, result.Bytes, result.Errors.Count, DateTimeOffset.UtcNow);
         string message = $"restored snapshot {id.Short} ({result.Files} files, {result.Verified} verified) to {spec.Target}"
             + (result.Errors.Count > 0 ? $"; {result.Errors.Count} entries failed: {string.Join("; ", result.Errors.Take(5))}" : "");
+        return new JobReport(result.Errors.Count > 0 ? JobStates.Partial : JobStates.Succeeded, last, stats, id.ToString(), message);
+    }
+
+    /// <summary>An image snapshot onto a disk or image file of the client (as <c>haven image restore</c>, never forced).</summary>
+    private async Task<JobReport> ImageRestoreAsync(ApiClient api, string jobId, Repository.Repository repo, ObjectId id, Repository.Model.Snapshot snapshot, RestoreSpec spec, CancellationToken ct)
+    {
+        if (spec.Paths is { Count: > 0 })
+        {
+            return new JobReport(JobStates.Failed, Message: $"snapshot {id.Short} is a disk image: it is restored whole, not by paths");
+        }
+
+        var map = await ImageSnapshots.LoadMapAsync(repo, id, snapshot, ct).ConfigureAwait(false);
+        var restore = new ImageRestore(repo, new ImageRestoreOptions { Targets = [spec.Target], Grow = spec.Grow, Maps = MapsOf(repo) });
+        var started = DateTimeOffset.UtcNow;
+        var result = await ReportWhileAsync(api, jobId, JobStates.Running, restore.RunAsync(id, map, ct), () => ImageProgress(restore.Progress(map.Entries.LongLength)), ct).ConfigureAwait(false);
+        var stats = new JobStats(0, 0, 0, 1, result.BytesWritten, 0, 0, 0, result.Errors.Count, (DateTimeOffset.UtcNow - started).TotalSeconds);
+        var last = new JobProgress(result.BlocksWritten, map.Entries.LongLength, result.BytesWritten, result.BytesWritten, result.Errors.Count, DateTimeOffset.UtcNow);
+        string message = $"restored image snapshot {id.Short} to {spec.Target}: {result.BlocksVerified} block writes verified, {result.BlocksUnchanged} left as they were"
+            + string.Concat(result.Notes.Concat(result.Adjustments).Select(n => "; " + n))
+            + (result.Errors.Count > 0 ? $"; {result.Errors.Count} block(s) failed: {string.Join("; ", result.Errors.Take(5))}" : "");
         return new JobReport(result.Errors.Count > 0 ? JobStates.Partial : JobStates.Succeeded, last, stats, id.ToString(), message);
     }
 

@@ -131,6 +131,11 @@ public sealed record RetentionSpec(int? KeepLast = null, int? KeepHourly = null,
 /// <summary>
 /// A backup set: what to back up (paths, excludes), when (a schedule, and/or on the client's ready signal), how many
 /// snapshots to keep, and at most how fast to send. It applies to one client or to every client of a group.
+/// <para>
+/// <see cref="Kind"/> is <see cref="PlanKinds.Files"/> (the default, also when absent) or <see cref="PlanKinds.Image"/>:
+/// then the one path is a disk, partition or image file backed up block by block (<c>haven image backup</c>), in
+/// blocks of <see cref="BlockSize"/> bytes (default 64 KiB).
+/// </para>
 /// </summary>
 public sealed record PlanSpec(
     string Name,
@@ -141,7 +146,18 @@ public sealed record PlanSpec(
     RetentionSpec? Retention = null,
     long? BandwidthBytesPerSecond = null,
     string? Client = null,
-    string? Group = null);
+    string? Group = null,
+    string? Kind = null,
+    int? BlockSize = null);
+
+/// <summary>What a plan backs up: files and folders, or one disk image.</summary>
+public static class PlanKinds
+{
+    public const string Files = "files";
+    public const string Image = "image";
+
+    public static string Of(PlanSpec plan) => plan.Kind ?? Files;
+}
 
 public sealed record PlanInfo(string Id, string TenantId, PlanSpec Spec, string? ClientId, string? GroupId, DateTimeOffset? NextRun, DateTimeOffset Created);
 
@@ -156,11 +172,14 @@ public sealed record JobStats(
 
 public sealed record JobProgress(long FilesDone, long FilesTotal, long BytesDone, long BytesTotal, long Errors, DateTimeOffset Time);
 
-/// <summary>What a restore job restores, and where.</summary>
-public sealed record RestoreSpec(string Snapshot, string Target, IReadOnlyList<string>? Paths = null);
+/// <summary>
+/// What a restore job restores, and where: a file snapshot into a folder, or an image snapshot onto a disk or image
+/// file (<see cref="Grow"/>: grow its last partition and filesystem to a larger target, as <c>haven image restore --grow</c>).
+/// </summary>
+public sealed record RestoreSpec(string Snapshot, string Target, IReadOnlyList<string>? Paths = null, bool Grow = false);
 
 /// <summary>POST /api/v1/tenants/{t}/restores: restore a snapshot onto a client of the tenant.</summary>
-public sealed record RestoreRequest(string Snapshot, string Client, string Target, IReadOnlyList<string>? Paths = null);
+public sealed record RestoreRequest(string Snapshot, string Client, string Target, IReadOnlyList<string>? Paths = null, bool Grow = false);
 
 /// <summary>POST /api/v1/tenants/{t}/clients/{c}/run: start the client's plans (or one plan) now.</summary>
 public sealed record RunNowRequest(string? Plan = null);

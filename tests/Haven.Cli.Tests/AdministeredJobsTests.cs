@@ -247,6 +247,62 @@ public sealed class AdministeredJobsTests
 
     [Theory]
     [MemberData(nameof(Databases))]
+    public void AnImagePlan_BacksUpADiskIncrementallyThroughTheAgent_AndAnImageRestoreJobGrowsItOntoALargerFile(string kind)
+    {
+        using var fleet = NewFleet(kind);
+        if (fleet is null) return;
+        var cli = fleet.Cli;
+        string disk = Path.Combine(cli.Root, "disk.img");
+        ImageTests.Sh($"dd if=/dev/zero of={disk} bs=1M count=64 status=none && mkfs.ext4 -q -F -E nodiscard {disk}");
+        string files = Path.Combine(cli.Root, "files");
+        TestData.WriteRandomFiles(Directory.CreateDirectory(files).FullName, 24, 128 * 1024, seed: 31);
+        ImageTests.WithMount(cli, disk, mount => ImageTests.Sh($"cp -a {files}/. {mount}/"));
+        string state = fleet.Enrol("vmhost");
+
+        // An image plan is one disk, without excludes.
+        var refused = cli.Run("admin", "plan-create", "--tenant", "default", "two", "--client", "vmhost", "--path", disk, "--path", "/dev/null", "--image");
+        Assert.NotEqual(0, refused.ExitCode);
+        Assert.Contains("one disk", refused.Stderr);
+        cli.Expect(0, "admin", "plan-create", "--tenant", "default", "disk", "--client", "vmhost", "--path", disk, "--image", "--block-size", "128K");
+        Assert.Contains(" image ", cli.Expect(0, "admin", "plans", "--tenant", "default").Stdout);
+        fleet.Start(state);
+
+        JobInfo Run() => JsonSerializer.Deserialize<List<JobInfo>>(cli.Expect(0, "admin", "run", "--tenant", "default", "vmhost", "--wait", "--json").Stdout, ProtocolJson.Options)!.Single();
+        var first = Run();
+        Assert.True(first.State == JobStates.Succeeded, first.Message);
+        Assert.Contains("generation 1", first.Message);
+        Assert.InRange(first.Stats!.BytesProcessed, 3L << 20, 40L << 20); // the used blocks only
+
+        // Untouched, the disk is not read again; changed through a mount, it is, and only changed blocks are stored.
+        var untouched = Run();
+        Assert.Equal(0, untouched.Stats!.BytesProcessed);
+        Assert.Contains("nothing was read", untouched.Message);
+        string changed = Path.Combine(cli.Root, "changed");
+        TestData.WriteRandomFiles(Directory.CreateDirectory(changed).FullName, 2, 128 * 1024, seed: 32);
+        ImageTests.WithMount(cli, disk, mount => ImageTests.Sh($"cp -a {changed}/. {mount}/"));
+        var third = Run();
+        Assert.True(third.State == JobStates.Succeeded, third.Message);
+        Assert.Contains("generation 3", third.Message);
+        Assert.InRange(third.Stats!.BytesAdded, 256 * 1024, 4L << 20);
+        var info = cli.Expect(0, "image", "info", third.SnapshotId!, "-r", fleet.Server.HostedRepository, "--json").Json;
+        Assert.Equal(128 * 1024, (int)info["block_size"]!);
+        Assert.Equal(3u, (uint)info["generation"]!);
+
+        // Restored by an administrator onto a larger file of the client, grown to fill it.
+        string target = Path.Combine(cli.Root, "restored.img");
+        ImageTests.Sh($"truncate -s 96M {target}");
+        var restore = JsonSerializer.Deserialize<List<JobInfo>>(
+            cli.Expect(0, "admin", "restore", "--tenant", "default", third.SnapshotId!, "--client", "vmhost", "--target", target, "--grow", "--wait", "--json").Stdout, ProtocolJson.Options)!.Single();
+        Assert.True(restore.State == JobStates.Succeeded, restore.Message);
+        Assert.Contains("ext filesystem grown", restore.Message);
+        ImageTests.Sh($"e2fsck -fn {target}");
+        string expected = Path.Combine(cli.Root, "expected");
+        ImageTests.Sh($"mkdir {expected} && cp -a {files}/. {changed}/. {expected}/");
+        ImageTests.WithMount(cli, target, _ => { }, readOnly: true, compareWith: expected);
+    }
+
+    [Theory]
+    [MemberData(nameof(Databases))]
     public void AnAgentKilledMidBackup_LeavesAnInterruptedJob_AndTheNextRunSendsOnlyWhatIsMissing(string kind)
     {
         using var fleet = NewFleet(kind);

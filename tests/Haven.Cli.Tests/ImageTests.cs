@@ -403,7 +403,7 @@ public sealed class ImageTests
     }
 
     /// <summary>Mounts an ext4 image on a loop device for <paramref name="body"/>; with <paramref name="compareWith"/>, compares its files.</summary>
-    private static void WithMount(HavenCli cli, string image, Action<string> body, bool readOnly = false, string? compareWith = null)
+    internal static void WithMount(HavenCli cli, string image, Action<string> body, bool readOnly = false, string? compareWith = null)
     {
         string mount = Path.Combine(cli.Root, "mnt-" + Guid.NewGuid().ToString("N")[..8]);
         Directory.CreateDirectory(mount);
@@ -426,7 +426,7 @@ public sealed class ImageTests
         }
     }
 
-    private static void Sh(string command)
+    internal static void Sh(string command)
     {
         var (code, output) = Capture(command);
         Assert.True(code == 0, $"{command}: exit {code}\n{output}");

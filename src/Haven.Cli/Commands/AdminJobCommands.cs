@@ -50,9 +50,11 @@ internal static class AdminJobCommands
         var keepDaily = new Option<int?>("--keep-daily") { Description = "Retention: keep one snapshot a day for N days" };
         var keepWeekly = new Option<int?>("--keep-weekly") { Description = "Retention: keep one snapshot a week for N weeks" };
         var keepMonthly = new Option<int?>("--keep-monthly") { Description = "Retention: keep one snapshot a month for N months" };
+        var image = new Option<bool>("--image") { Description = "Back up the one --path (a disk, partition or image file) as a disk image, block by block" };
+        var blockSize = new Option<string?>("--block-size") { Description = "With --image: the block size, a power of two from 4K to 16M (default 64K)" };
         var c = new Command("plan-create", "Create a backup plan (paths, excludes, schedule, retention, bandwidth) for a client or a group")
         {
-            tenant, name, paths, excludes, client, group, schedule, onReady, bandwidth, keepLast, keepDaily, keepWeekly, keepMonthly,
+            tenant, name, paths, excludes, client, group, schedule, onReady, bandwidth, keepLast, keepDaily, keepWeekly, keepMonthly, image, blockSize,
         };
         AdminCommand.SetHandler(c, tenant, async (ctx, api, t, ct) =>
         {
@@ -62,7 +64,9 @@ internal static class AdminJobCommands
                 : new RetentionSpec(p.GetValue(keepLast), null, p.GetValue(keepDaily), p.GetValue(keepWeekly), p.GetValue(keepMonthly));
             var spec = new PlanSpec(
                 p.GetValue(name)!, p.GetValue(paths)!, p.GetValue(excludes), p.GetValue(schedule), p.GetValue(onReady), retention,
-                p.GetValue(bandwidth) is { } b ? Units.ParseSize(b, "--bandwidth") : null, p.GetValue(client), p.GetValue(group));
+                p.GetValue(bandwidth) is { } b ? Units.ParseSize(b, "--bandwidth") : null, p.GetValue(client), p.GetValue(group),
+                p.GetValue(image) ? PlanKinds.Image : null,
+                p.GetValue(blockSize) is { } size ? (int)Math.Min(int.MaxValue, Units.ParseSize(size, "--block-size")) : null);
             var plan = await api.PostAsync<PlanInfo>($"api/v1/tenants/{t}/plans", spec, ct);
             AdminCommand.Print(ctx, [plan], x => $"created plan {x.Spec.Name} ({x.Id}){(x.NextRun is { } n ? $"; next run {n:yyyy-MM-dd HH:mm} UTC" : "")}");
         });
@@ -75,7 +79,7 @@ internal static class AdminJobCommands
         var c = new Command("plans", "List a tenant's plans") { tenant };
         AdminCommand.SetHandler(c, tenant, async (ctx, api, t, ct) =>
             AdminCommand.Print(ctx, await api.GetAsync<List<PlanInfo>>($"api/v1/tenants/{t}/plans", ct),
-                x => $"{x.Id}  {x.Spec.Name,-16} {(x.Spec.Client is { } cl ? "client " + cl : "group " + x.Spec.Group),-20} {string.Join(",", x.Spec.Paths),-30} {x.Spec.Schedule ?? "-"}{(x.Spec.RunOnReady ? " +ready" : "")}"));
+                x => $"{x.Id}  {x.Spec.Name,-16} {PlanKinds.Of(x.Spec),-6} {(x.Spec.Client is { } cl ? "client " + cl : "group " + x.Spec.Group),-20} {string.Join(",", x.Spec.Paths),-30} {x.Spec.Schedule ?? "-"}{(x.Spec.RunOnReady ? " +ready" : "")}"));
         return c;
     }
 
@@ -184,14 +188,15 @@ internal static class AdminJobCommands
         var tenant = AdminCommand.TenantOption();
         var snapshot = new Argument<string>("snapshot") { Description = "Snapshot id (or a unique prefix), or latest" };
         var client = new Option<string>("--client") { Description = "The client to restore onto (any enrolled client of the tenant)", Required = true };
-        var target = new Option<string>("--target") { Description = "Absolute folder on that client to restore into", Required = true };
+        var target = new Option<string>("--target") { Description = "Absolute folder on that client to restore into (for an image snapshot: a disk or image file)", Required = true };
+        var grow = new Option<bool>("--grow") { Description = "Image snapshots: on a larger disk, grow the last partition and its ext2/3/4 filesystem to the end" };
         var paths = new Option<string[]>("--path") { Description = "Restore only what matches this pattern (as restore --include); repeatable" };
         var wait = new Option<bool>("--wait") { Description = "Wait until the restore ends" };
-        var c = new Command("restore", "Restore a snapshot onto a client of the tenant (the same one or another)") { tenant, snapshot, client, target, paths, wait };
+        var c = new Command("restore", "Restore a snapshot onto a client of the tenant (the same one or another)") { tenant, snapshot, client, target, paths, grow, wait };
         AdminCommand.SetHandler(c, tenant, async (ctx, api, t, ct) =>
         {
             var p = ctx.Parse;
-            List<JobInfo> job = [await api.PostAsync<JobInfo>($"api/v1/tenants/{t}/restores", new RestoreRequest(p.GetValue(snapshot)!, p.GetValue(client)!, p.GetValue(target)!, p.GetValue(paths)), ct)];
+            List<JobInfo> job = [await api.PostAsync<JobInfo>($"api/v1/tenants/{t}/restores", new RestoreRequest(p.GetValue(snapshot)!, p.GetValue(client)!, p.GetValue(target)!, p.GetValue(paths), p.GetValue(grow)), ct)];
             if (p.GetValue(wait))
             {
                 job = await WaitAsync(api, t, job, ct);

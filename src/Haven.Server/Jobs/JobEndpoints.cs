@@ -172,6 +172,21 @@ internal static class JobEndpoints
             return ApiResults.BadRequest("a plan needs one or more absolute paths to back up");
         }
 
+        if (spec.Kind is not (null or PlanKinds.Files or PlanKinds.Image))
+        {
+            return ApiResults.BadRequest($"'{spec.Kind}' is not a plan kind", "use files or image");
+        }
+
+        if (spec.Kind == PlanKinds.Image && (spec.Paths.Count != 1 || spec.Excludes is { Count: > 0 }))
+        {
+            return ApiResults.BadRequest("an image plan backs up one disk, partition or image file, without excludes", "make one plan per disk");
+        }
+
+        if (spec.BlockSize is { } blockSize && (spec.Kind != PlanKinds.Image || blockSize < 4096 || blockSize > 16 << 20 || (blockSize & (blockSize - 1)) != 0))
+        {
+            return ApiResults.BadRequest("a block size is for image plans, and a power of two from 4 KiB to 16 MiB");
+        }
+
         if ((spec.Client is null) == (spec.Group is null))
         {
             return ApiResults.BadRequest("a plan applies to one client or to one group: give exactly one of client and group");
@@ -227,7 +242,7 @@ internal static class JobEndpoints
             return ApiResults.Error(StatusCodes.Status409Conflict, "conflict", $"a plan named {spec.Name} exists");
         }
 
-        await audit.WriteAsync(Actor(context), tenant, "plan.create", $"plan {spec.Name} for {(spec.Client is { } x ? $"client {x}" : $"group {spec.Group}")}: {string.Join(", ", spec.Paths)}; schedule {spec.Schedule ?? "none"}", ct).ConfigureAwait(false);
+        await audit.WriteAsync(Actor(context), tenant, "plan.create", $"{PlanKinds.Of(spec)} plan {spec.Name} for {(spec.Client is { } x ? $"client {x}" : $"group {spec.Group}")}: {string.Join(", ", spec.Paths)}; schedule {spec.Schedule ?? "none"}", ct).ConfigureAwait(false);
         return ApiResults.Created(new PlanInfo(id, tenant, spec, clientId, groupId, next, now));
     }
 
@@ -360,7 +375,7 @@ internal static class JobEndpoints
             return ApiResults.BadRequest("the restore target must be an absolute path on the client");
         }
 
-        string id = await jobs.QueueRestoreAsync(tenant, c.Id, new RestoreSpec(request.Snapshot, request.Target, request.Paths), "manual", ct).ConfigureAwait(false);
+        string id = await jobs.QueueRestoreAsync(tenant, c.Id, new RestoreSpec(request.Snapshot, request.Target, request.Paths, request.Grow), "manual", ct).ConfigureAwait(false);
         await audit.WriteAsync(Actor(context), tenant, "job.restore", $"restore of snapshot {request.Snapshot} onto client {c.Name} at {request.Target}", ct).ConfigureAwait(false);
         return ApiResults.Created((await jobs.GetAsync(id, ct).ConfigureAwait(false))!);
     }
