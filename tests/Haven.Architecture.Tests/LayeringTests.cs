@@ -21,7 +21,7 @@ public class LayeringTests
         ["Haven.Images"] = ["Haven.Repository"],
         ["Haven.Testing"] = ["Haven.Files"],
         ["Haven.Protocol"] = ["Haven.Storage"],
-        ["Haven.Agent"] = ["Haven.Protocol", "Haven.Files"],
+        ["Haven.Agent"] = ["Haven.Protocol", "Haven.Files", "Haven.Images"],
         ["Haven.Server"] = ["Haven.Protocol", "Haven.Storage.S3", "Haven.Repository"], // the engine, for its own maintenance (forget, prune)
         ["Haven.Cli"] = ["Haven.Files", "Haven.Images", "Haven.Storage.S3", "Haven.Server", "Haven.Agent"],
     };
