@@ -3,8 +3,8 @@ using Microsoft.Win32.SafeHandles;
 namespace Haven.Images;
 
 /// <summary>
-/// Byte ranges of a source that its filesystems do not use (see <see cref="Ext4FreeSpace"/>): an ext2/3/4 filesystem at
-/// the start of the source, or in any partition of its partition table. Blocks wholly inside are not read.
+/// Byte ranges of a source that its filesystems do not use (see <see cref="Ext4FreeSpace"/> and <see cref="FatFreeSpace"/>):
+/// an ext2/3/4 or FAT filesystem at the start of the source, or in any partition of its partition table. Blocks wholly inside are not read.
 /// </summary>
 public sealed class FreeRanges
 {
@@ -43,25 +43,29 @@ public sealed class FreeRanges
     {
         var ranges = new List<(long, long)>();
         var found = new List<string>();
-        if (Ext4FreeSpace.Read(source, 0, size) is { } whole)
+        if (Read(source, 0, size) is { } whole)
         {
-            ranges.AddRange(whole);
-            found.Add("ext2/3/4 filesystem");
+            ranges.AddRange(whole.Free);
+            found.Add($"{whole.Kind} filesystem");
         }
         else
         {
             foreach (var p in partitions.Where(p => p.Start + p.Length <= size))
             {
-                if (Ext4FreeSpace.Read(source, p.Start, p.Length) is { } free)
+                if (Read(source, p.Start, p.Length) is { } inPartition)
                 {
-                    ranges.AddRange(free);
-                    found.Add($"ext2/3/4 filesystem in partition {p.Number}");
+                    ranges.AddRange(inPartition.Free);
+                    found.Add($"{inPartition.Kind} filesystem in partition {p.Number}");
                 }
             }
         }
 
         return new FreeRanges(ranges) { Filesystems = found };
     }
+
+    /// <summary>The free ranges of the filesystem at <paramref name="offset"/>, by the first reader that knows it.</summary>
+    private static (List<(long Start, long End)> Free, string Kind)? Read(SafeFileHandle source, long offset, long length) =>
+        Ext4FreeSpace.Read(source, offset, length) is { } ext ? (ext, "ext2/3/4") : FatFreeSpace.Read(source, offset, length);
 
     /// <summary>Whether every byte of [offset, offset + length) is free.</summary>
     public bool Covers(long offset, long length)

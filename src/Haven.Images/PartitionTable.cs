@@ -40,6 +40,15 @@ public static class PartitionTable
             return ("gpt", ParseGpt(head, size));
         }
 
+        // Each entry's first byte is its boot flag, 0x00 or 0x80; anything else there is a filesystem's boot code.
+        for (int i = 0; i < 4; i++)
+        {
+            if (head[446 + (16 * i)] is not (0x00 or 0x80))
+            {
+                return ("none", []);
+            }
+        }
+
         var partitions = new List<Partition>();
         for (int i = 0; i < 4; i++)
         {

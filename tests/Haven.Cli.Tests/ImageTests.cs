@@ -328,6 +328,39 @@ public sealed class ImageTests
 
     private static bool MapNames(string mapFile, string target) => File.ReadAllText(mapFile).Contains($"\"target\":\"{target}\"", StringComparison.Ordinal);
 
+    [Theory]
+    [InlineData(12, 8)]
+    [InlineData(16, 64)]
+    [InlineData(32, 64)]
+    public void AFatFilesystem_IsReadOnlyWhereItsAllocationTableSaysClustersAreUsed(int fatBits, int megabytes)
+    {
+        using var cli = new HavenCli();
+        cli.Expect(0, "init");
+        string disk = Path.Combine(cli.Root, "fat.img");
+        Sh($"dd if=/dev/zero of={disk} bs=1M count={megabytes} status=none && mkfs.vfat -F {fatBits} {(fatBits == 32 ? "-s 1" : "")} {disk} >/dev/null");
+        string files = Path.Combine(cli.Root, "files");
+        Directory.CreateDirectory(files);
+        TestData.WriteRandomFiles(files, 4, megabytes * 1024 * 1024 / 16, seed: fatBits);
+        Sh($"mcopy -i {disk} {files}/* ::/");
+
+        var backup = cli.Expect(0, "image", "backup", disk, "--block-size", "16K", "--json").Json;
+        long blocks = (long)backup["image"]!["blocks"]!, free = (long)backup["image"]!["blocks_free"]!;
+        Assert.InRange(free, blocks * 6 / 10, blocks * 3 / 4); // a quarter of the space holds files
+        Assert.InRange((long)backup["bytes_read"]!, megabytes * (1L << 20) / 4, megabytes * (1L << 20) * 4 / 10);
+        Assert.Equal("none", (string)backup["image"]!["partition_table"]!); // a FAT boot sector is no MBR
+
+        string restored = Path.Combine(cli.Root, "restored.img");
+        cli.Expect(0, "image", "restore", "latest", "--target", restored);
+        Sh($"fsck.vfat -n {restored}");
+        string back = Path.Combine(cli.Root, "back");
+        Directory.CreateDirectory(back);
+        Sh($"mcopy -i {restored} '::/*' {back}/");
+        foreach (string f in Directory.GetFiles(files))
+        {
+            Assert.Equal(File.ReadAllBytes(f), File.ReadAllBytes(Path.Combine(back, Path.GetFileName(f))));
+        }
+    }
+
     private static string IdOf(JsonNode backup) => (string)backup["snapshot_id"]!;
 
     /// <summary>An export that is killed when the test leaves it early (a failed assertion), so nothing is left running.</summary>
