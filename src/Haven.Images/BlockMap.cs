@@ -26,19 +26,38 @@ public readonly record struct BlockEntry(BlockKind Kind, ObjectId Id, uint Gener
 public readonly record struct GenerationRecord(uint Generation, long BlocksChanged, DateTimeOffset Time);
 
 /// <summary>
+/// A run of an image's bytes held by one data blob (a storage chunk): the image's bytes [<see cref="Offset"/>,
+/// <see cref="Offset"/> + <see cref="Length"/>) are the blob's bytes from <see cref="Skip"/> on.
+/// </summary>
+public readonly record struct Placement(long Offset, int Length, int Skip, ObjectId Id)
+{
+    public long End => Offset + Length;
+}
+
+/// <summary>
 /// The block map of an image snapshot (normative: docs/design/repository-format.md, "Image snapshots"): for every
-/// block its kind, checksum and the generation in which it last changed, and per generation how many blocks changed.
+/// block its kind, checksum and the generation in which it last changed, per generation how many blocks changed, and
+/// the placements: which storage chunk holds which bytes of the data blocks.
 /// <para>
-/// Encoding, little-endian: magic <c>"HVNBMAP1"</c> ‖ u64 image size ‖ u32 block size ‖ u32 generation ‖ u64 block
+/// Encoding, little-endian: magic <c>"HVNBMAP2"</c> ‖ u64 image size ‖ u32 block size ‖ u32 generation ‖ u64 block
 /// count ‖ u32 history count ‖ (u32 generation ‖ u64 blocks changed ‖ i64 unix milliseconds)* ‖ per block:
-/// u8 kind ‖ u32 generation ‖ (32-byte blob id, data blocks only).
+/// u8 kind ‖ u32 generation ‖ (32-byte checksum, data blocks only) ‖ u32 unit ‖ u64 placement count ‖ per placement:
+/// u64 offset ‖ u32 length ‖ u32 skip ‖ 32-byte blob id. Format 1 (<c>"HVNBMAP1"</c>) ends after the blocks; each of
+/// its data blocks is a blob whose id is the block's checksum, read here as a placement of its own.
 /// </para>
 /// </summary>
 public sealed class BlockMap
 {
-    private static ReadOnlySpan<byte> Magic => "HVNBMAP1"u8;
+    /// <summary>Storage chunks are cut at multiples of this many bytes.</summary>
+    public const int Unit = 4096;
 
-    public BlockMap(long imageSize, int blockSize, uint generation, BlockEntry[] entries, IReadOnlyList<GenerationRecord> history)
+    private static ReadOnlySpan<byte> Magic1 => "HVNBMAP1"u8;
+
+    private static ReadOnlySpan<byte> Magic2 => "HVNBMAP2"u8;
+
+    private const int PlacementBytes = 8 + 4 + 4 + ObjectId.Size;
+
+    public BlockMap(long imageSize, int blockSize, uint generation, BlockEntry[] entries, IReadOnlyList<GenerationRecord> history, Placement[] placements)
     {
         if (blockSize <= 0 || imageSize < 0 || entries.LongLength != BlockCount(imageSize, blockSize))
         {
@@ -50,6 +69,7 @@ public sealed class BlockMap
         Generation = generation;
         Entries = entries;
         History = history;
+        Placements = placements;
     }
 
     public long ImageSize { get; }
@@ -63,19 +83,68 @@ public sealed class BlockMap
     /// <summary>Every generation of this source up to this one, oldest first.</summary>
     public IReadOnlyList<GenerationRecord> History { get; }
 
+    /// <summary>Sorted by offset, not overlapping; together they hold exactly the bytes of the data blocks.</summary>
+    public Placement[] Placements { get; }
+
+    /// <summary>1 when decoded from a map whose blobs are its blocks, 2 otherwise.</summary>
+    public int Format { get; private init; } = 2;
+
     public static long BlockCount(long imageSize, int blockSize) => (imageSize + blockSize - 1) / blockSize;
 
     /// <summary>Bytes of block <paramref name="index"/> (the last block may be short).</summary>
     public int LengthOf(long index) => (int)Math.Min(BlockSize, ImageSize - (index * BlockSize));
 
+    /// <summary>The distinct blobs of the placements, in order of first use.</summary>
+    public List<ObjectId> StoredBlobs()
+    {
+        var seen = new HashSet<ObjectId>();
+        return Placements.Select(p => p.Id).Where(seen.Add).ToList();
+    }
+
+    /// <summary>The index of the first placement that ends after <paramref name="offset"/> (Placements.Length when none does).</summary>
+    public int FirstPlacementEndingAfter(long offset)
+    {
+        int lo = 0, hi = Placements.Length;
+        while (lo < hi)
+        {
+            int mid = (lo + hi) >>> 1;
+            if (Placements[mid].End <= offset)
+            {
+                lo = mid + 1;
+            }
+            else
+            {
+                hi = mid;
+            }
+        }
+
+        return lo;
+    }
+
+    /// <summary>The placements of the data blocks of a format 1 map: one per block, its blob being the block.</summary>
+    private static Placement[] OnePerBlock(BlockEntry[] entries, long size, int blockSize)
+    {
+        var placements = new List<Placement>();
+        for (long i = 0; i < entries.LongLength; i++)
+        {
+            if (entries[i].Kind == BlockKind.Data)
+            {
+                placements.Add(new Placement(i * blockSize, (int)Math.Min(blockSize, size - (i * blockSize)), 0, entries[i].Id));
+            }
+        }
+
+        return placements.ToArray();
+    }
+
     public byte[] Encode()
     {
         long dataBlocks = Entries.LongCount(e => e.Kind == BlockKind.Data);
-        long length = Magic.Length + 8 + 4 + 4 + 8 + 4 + (History.Count * 20L) + (Entries.LongLength * 5) + (dataBlocks * ObjectId.Size);
+        long length = Magic2.Length + 8 + 4 + 4 + 8 + 4 + (History.Count * 20L) + (Entries.LongLength * 5) + (dataBlocks * ObjectId.Size)
+            + 4 + 8 + (Placements.LongLength * PlacementBytes);
         var bytes = new byte[length];
         var span = bytes.AsSpan();
-        Magic.CopyTo(span);
-        int at = Magic.Length;
+        Magic2.CopyTo(span);
+        int at = Magic2.Length;
         BinaryPrimitives.WriteInt64LittleEndian(span[at..], ImageSize);
         BinaryPrimitives.WriteInt32LittleEndian(span[(at + 8)..], BlockSize);
         BinaryPrimitives.WriteUInt32LittleEndian(span[(at + 12)..], Generation);
@@ -103,6 +172,19 @@ public sealed class BlockMap
             }
         }
 
+        BinaryPrimitives.WriteInt32LittleEndian(bytes.AsSpan((int)pos), Unit);
+        BinaryPrimitives.WriteInt64LittleEndian(bytes.AsSpan((int)pos + 4), Placements.LongLength);
+        pos += 12;
+        foreach (var p in Placements)
+        {
+            var to = bytes.AsSpan((int)pos);
+            BinaryPrimitives.WriteInt64LittleEndian(to, p.Offset);
+            BinaryPrimitives.WriteInt32LittleEndian(to[8..], p.Length);
+            BinaryPrimitives.WriteInt32LittleEndian(to[12..], p.Skip);
+            p.Id.CopyTo(to[16..]);
+            pos += PlacementBytes;
+        }
+
         return bytes;
     }
 
@@ -110,12 +192,9 @@ public sealed class BlockMap
     {
         try
         {
-            if (!bytes.StartsWith(Magic))
-            {
-                throw Damaged(what, "it does not start with the block map's magic");
-            }
-
-            int at = Magic.Length;
+            int format = bytes.StartsWith(Magic2) ? 2 : bytes.StartsWith(Magic1) ? 1
+                : throw Damaged(what, "it does not start with the block map's magic");
+            int at = Magic2.Length;
             long size = BinaryPrimitives.ReadInt64LittleEndian(bytes[at..]);
             int blockSize = BinaryPrimitives.ReadInt32LittleEndian(bytes[(at + 8)..]);
             uint generation = BinaryPrimitives.ReadUInt32LittleEndian(bytes[(at + 12)..]);
@@ -158,16 +237,81 @@ public sealed class BlockMap
                 entries[i] = new BlockEntry(kind, id, gen);
             }
 
+            Placement[] placements;
+            if (format == 1)
+            {
+                placements = OnePerBlock(entries, size, blockSize);
+            }
+            else
+            {
+                int unit = BinaryPrimitives.ReadInt32LittleEndian(bytes[at..]);
+                long placementCount = BinaryPrimitives.ReadInt64LittleEndian(bytes[(at + 4)..]);
+                at += 12;
+                if (unit != Unit || placementCount < 0 || placementCount > (bytes.Length - at) / PlacementBytes)
+                {
+                    throw Damaged(what, "its placements' header does not add up");
+                }
+
+                placements = new Placement[placementCount];
+                for (long i = 0; i < placementCount; i++)
+                {
+                    var from = bytes.Slice(at, PlacementBytes);
+                    placements[i] = new Placement(BinaryPrimitives.ReadInt64LittleEndian(from), BinaryPrimitives.ReadInt32LittleEndian(from[8..]),
+                        BinaryPrimitives.ReadInt32LittleEndian(from[12..]), new ObjectId(from.Slice(16, ObjectId.Size)));
+                    at += PlacementBytes;
+                }
+
+                CheckPlacements(placements, entries, size, blockSize, what);
+            }
+
             if (at != bytes.Length)
             {
                 throw Damaged(what, "it has bytes after its last block");
             }
 
-            return new BlockMap(size, blockSize, generation, entries, history);
+            return new BlockMap(size, blockSize, generation, entries, history, placements) { Format = format };
         }
         catch (ArgumentOutOfRangeException)
         {
             throw Damaged(what, "it ends early");
+        }
+    }
+
+    /// <summary>
+    /// Placements are sorted, do not overlap and cover data blocks only; as they place as many bytes as the data blocks
+    /// hold, they hold every byte of them.
+    /// </summary>
+    private static void CheckPlacements(Placement[] placements, BlockEntry[] entries, long size, int blockSize, string what)
+    {
+        long end = 0, placed = 0;
+        foreach (var p in placements)
+        {
+            if (p.Length <= 0 || p.Skip < 0 || p.Offset < end || p.End > size)
+            {
+                throw Damaged(what, $"its placement at byte {p.Offset} overlaps another or lies outside the image");
+            }
+
+            for (long b = p.Offset / blockSize; b * blockSize < p.End; b++)
+            {
+                if (entries[b].Kind != BlockKind.Data)
+                {
+                    throw Damaged(what, $"its placement at byte {p.Offset} covers block {b}, which holds no data");
+                }
+            }
+
+            end = p.End;
+            placed += p.Length;
+        }
+
+        long data = 0;
+        for (long b = 0; b < entries.LongLength; b++)
+        {
+            data += entries[b].Kind == BlockKind.Data ? Math.Min(blockSize, size - (b * blockSize)) : 0;
+        }
+
+        if (placed != data)
+        {
+            throw Damaged(what, $"its placements hold {placed} bytes, but its data blocks {data}");
         }
     }
 

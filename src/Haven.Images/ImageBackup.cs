@@ -46,10 +46,12 @@ public sealed record ImageBackupResult(ObjectId SnapshotId, Snapshot Snapshot, B
 public readonly record struct ImageProgress(long BlocksDone, long Blocks, long BytesRead, long BytesAdded);
 
 /// <summary>
-/// Backs up a block device, partition or image file as an image snapshot: fixed-size blocks, each stored as a data blob
-/// unless it is all zeros or a hole of a sparse file (never read). Each block's checksum (its blob id) is compared with
-/// the previous image snapshot of the same source on the same host: an unchanged block keeps its generation, a changed
-/// one gets this snapshot's. Blocks already in the repository (from any snapshot, file or image) are not stored again.
+/// Backs up a block device, partition or image file as an image snapshot of fixed-size blocks. Blocks that are all
+/// zeros, holes of a sparse file or free in the filesystem are not stored (the last two are not even read). Each data
+/// block's checksum is compared with the previous image snapshot of the same source on the same host: an unchanged
+/// block keeps its generation and the chunks that held it, a changed one gets this snapshot's generation, and runs of
+/// changed blocks are cut into content-defined storage chunks (<see cref="StorageChunks"/>). Chunks already in the
+/// repository (from any snapshot, file or image) are not stored again.
 /// </summary>
 public sealed class ImageBackup(Repository.Repository repo, ImageBackupOptions options)
 {
@@ -94,62 +96,26 @@ public sealed class ImageBackup(Repository.Repository repo, ImageBackupOptions o
         _writer = new BlobWriter(repo, options.Writer);
         try
         {
-            var blocks = Channel.CreateBounded<(long Index, byte[] Buffer, int Length)>(options.Workers * 2);
-            var workers = Enumerable.Range(0, options.Workers).Select(_ => Task.Run(() => StoreBlocksAsync(blocks.Reader, entries, comparable, generation, ct), ct)).ToList();
-            Exception? readFailure = null;
-            try
+            Placement[] placements;
+            if (held is not null)
             {
                 for (long i = 0; i < count; i++)
                 {
-                    long offset = i * blockSize;
-                    int length = (int)Math.Min(blockSize, size - offset);
-                    if (held is not null)
-                    {
-                        var old = held.Entries[i];
-                        entries[i] = Unchanged(comparable, i, length, old with { Generation = generation });
-                        Interlocked.Increment(ref _blocksDone);
-                        continue;
-                    }
-
-                    if (holes is not null && !holes.HasData(offset, length))
-                    {
-                        entries[i] = Unchanged(comparable, i, length, new BlockEntry(BlockKind.Hole, ObjectId.Zero, generation));
-                        Interlocked.Increment(ref _blocksDone);
-                        continue;
-                    }
-
-                    if (free.Covers(offset, length))
-                    {
-                        entries[i] = Unchanged(comparable, i, length, new BlockEntry(BlockKind.Free, ObjectId.Zero, generation));
-                        Interlocked.Increment(ref _blocksDone);
-                        continue;
-                    }
-
-                    var buffer = ArrayPool<byte>.Shared.Rent(blockSize);
-                    ReadFully(source, buffer.AsSpan(0, length), offset);
-                    Interlocked.Add(ref _bytesRead, length);
-                    await blocks.Writer.WriteAsync((i, buffer, length), ct).ConfigureAwait(false);
+                    entries[i] = Unchanged(comparable, i, (int)Math.Min(blockSize, size - (i * blockSize)), held.Entries[i] with { Generation = generation });
                 }
+
+                Interlocked.Exchange(ref _blocksDone, count);
+                placements = held.Placements;
             }
-            catch (Exception e)
+            else
             {
-                readFailure = e;
-            }
-            finally
-            {
-                blocks.Writer.Complete();
+                placements = await ReadAndStoreAsync(source, size, blockSize, holes, free, entries, comparable, generation, ct).ConfigureAwait(false);
             }
 
-            await Task.WhenAll(workers).ConfigureAwait(false);
             freeze.Dispose();
-            if (readFailure is not null)
-            {
-                System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(readFailure);
-            }
-
             long changed = entries.LongCount(e => e.Generation == generation);
             var history = (before?.History ?? []).Append(new GenerationRecord(generation, changed, start)).ToList();
-            var map = new BlockMap(size, blockSize, generation, entries, history);
+            var map = new BlockMap(size, blockSize, generation, entries, history, placements);
             var tree = await ImageSnapshots.SaveTreeAsync(repo, _writer, map, ct).ConfigureAwait(false);
             await _writer.FlushAsync(ct).ConfigureAwait(false);
 
@@ -232,7 +198,7 @@ public sealed class ImageBackup(Repository.Repository repo, ImageBackupOptions o
         var held = await ImageSnapshots.TryLoadMapAsync(repo, found.Snapshot, ct).ConfigureAwait(false);
         string? unusable = held is null ? $"snapshot {found.Snapshot[..8]}, which it names, is gone"
             : held.ImageSize != size || held.BlockSize != blockSize ? $"snapshot {found.Snapshot[..8]}, which it names, has another size or block size"
-            : held.Entries.Any(e => e.Kind == BlockKind.Data && !repo.Index.Contains(e.Id)) ? $"blocks of snapshot {found.Snapshot[..8]} are missing from the repository"
+            : !held.StoredBlobs().All(repo.Index.Contains) ? $"blocks of snapshot {found.Snapshot[..8]} are missing from the repository"
             : null;
         if (unusable is not null)
         {
@@ -244,29 +210,242 @@ public sealed class ImageBackup(Repository.Repository repo, ImageBackupOptions o
         return (held, found.UnusedAreZero);
     }
 
-    private async Task StoreBlocksAsync(ChannelReader<(long Index, byte[] Buffer, int Length)> blocks, BlockEntry[] entries, BlockMap? before, uint generation, CancellationToken ct)
+    /// <summary>A block read from the source, and the task that hashes it.</summary>
+    private readonly record struct ReadBlock(long Index, byte[] Buffer, int Length, Task<ObjectId?> Checksum);
+
+    /// <summary>A storage chunk cut from a run of data blocks; its id is filled in once it is hashed.</summary>
+    private sealed class PendingChunk(long offset, int length)
     {
-        await foreach (var (index, buffer, length) in blocks.ReadAllAsync(ct).ConfigureAwait(false))
+        public long Offset { get; } = offset;
+
+        public int Length { get; } = length;
+
+        public ObjectId Id { get; set; }
+    }
+
+    /// <summary>
+    /// Reads every used block, in three stages: this reader, with a task per block that checks it for zeros and
+    /// computes its checksum; a sequencer that takes the blocks in order, sets their entries and cuts the changed data
+    /// blocks into storage chunks; and workers that hash, compress, encrypt and store the chunks. An unchanged data
+    /// block (same checksum as in the previous snapshot) is not stored again: its bytes keep the previous snapshot's
+    /// placements, sliced where a placement also held changed bytes. Returns the placements, sorted.
+    /// </summary>
+    private async Task<Placement[]> ReadAndStoreAsync(SafeFileHandle source, long size, int blockSize, DataExtents? holes, FreeRanges free,
+        BlockEntry[] entries, BlockMap? comparable, uint generation, CancellationToken ct)
+    {
+        // The previous placements are reused only when every blob they name is in the repository.
+        var reusable = comparable is not null && comparable.StoredBlobs().All(repo.Index.Contains) ? comparable : null;
+        using var failed = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        var token = failed.Token;
+        var blocks = Channel.CreateBounded<ReadBlock>(options.Workers * 4);
+        var chunks = Channel.CreateBounded<(PendingChunk Chunk, byte[] Buffer)>(options.Workers * 2);
+        var cut = new List<PendingChunk>();
+        var sequencer = Task.Run(() => Stage(failed, () => SequenceAsync(blocks.Reader, chunks.Writer, entries, comparable, reusable, generation, blockSize, cut, token)), token);
+        var workers = Enumerable.Range(0, options.Workers).Select(_ => Task.Run(() => Stage(failed, () => StoreChunksAsync(chunks.Reader, token)), token)).ToList();
+        Exception? readFailure = null;
+        try
+        {
+            long count = entries.LongLength;
+            for (long i = 0; i < count; i++)
+            {
+                long offset = i * blockSize;
+                int length = (int)Math.Min(blockSize, size - offset);
+                if (holes is not null && !holes.HasData(offset, length))
+                {
+                    entries[i] = Unchanged(comparable, i, length, new BlockEntry(BlockKind.Hole, ObjectId.Zero, generation));
+                    Interlocked.Increment(ref _blocksDone);
+                    continue;
+                }
+
+                if (free.Covers(offset, length))
+                {
+                    entries[i] = Unchanged(comparable, i, length, new BlockEntry(BlockKind.Free, ObjectId.Zero, generation));
+                    Interlocked.Increment(ref _blocksDone);
+                    continue;
+                }
+
+                var buffer = ArrayPool<byte>.Shared.Rent(blockSize);
+                ReadFully(source, buffer.AsSpan(0, length), offset);
+                Interlocked.Add(ref _bytesRead, length);
+                var checksum = Task.Run(() => buffer.AsSpan(0, length).IndexOfAnyExcept((byte)0) < 0 ? (ObjectId?)null : repo.Key.BlobId(buffer.AsSpan(0, length)), token);
+                await blocks.Writer.WriteAsync(new ReadBlock(i, buffer, length, checksum), token).ConfigureAwait(false);
+            }
+        }
+        catch (Exception e)
+        {
+            readFailure = e;
+            failed.Cancel();
+        }
+        finally
+        {
+            blocks.Writer.Complete();
+        }
+
+        var stages = Task.WhenAll(workers.Append(sequencer));
+        try
+        {
+            await stages.ConfigureAwait(false);
+        }
+        catch (Exception) when (readFailure is not null || stages.Exception is not null)
+        {
+        }
+
+        // The first failure is the one to report; the others are the cancellations it caused.
+        var first = new[] { readFailure }.Concat(stages.Exception?.InnerExceptions ?? []).OfType<Exception>()
+            .OrderBy(e => e is OperationCanceledException ? 1 : 0).FirstOrDefault();
+        if (first is not null)
+        {
+            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(first);
+        }
+
+        var placements = cut.Select(c => new Placement(c.Offset, c.Length, 0, c.Id)).ToList();
+        if (reusable is not null)
+        {
+            placements.AddRange(Reused(reusable, entries, size, blockSize));
+        }
+
+        placements.Sort((x, y) => x.Offset.CompareTo(y.Offset));
+        return placements.ToArray();
+    }
+
+    /// <summary>Runs a stage; its failure stops the others.</summary>
+    private static async Task Stage(CancellationTokenSource failed, Func<Task> run)
+    {
+        try
+        {
+            await run().ConfigureAwait(false);
+        }
+        catch
+        {
+            await failed.CancelAsync().ConfigureAwait(false);
+            throw;
+        }
+    }
+
+    /// <summary>Whether block <paramref name="index"/> is data that the previous snapshot held too, at the same place.</summary>
+    private static bool Kept(BlockMap? previous, BlockEntry[] entries, long index, int length) =>
+        previous is not null && entries[index].Kind == BlockKind.Data && index < previous.Entries.LongLength && previous.LengthOf(index) == length
+        && previous.Entries[index] is { Kind: BlockKind.Data } old && old.Id == entries[index].Id;
+
+    private async Task SequenceAsync(ChannelReader<ReadBlock> blocks, ChannelWriter<(PendingChunk, byte[])> chunks, BlockEntry[] entries, BlockMap? comparable,
+        BlockMap? reusable, uint generation, int blockSize, List<PendingChunk> cut, CancellationToken ct)
+    {
+        var cutter = new StorageChunks(repo.Key.ChunkerKey);
+        byte[]? buffer = null;
+        long start = 0, last = -2;
+        int filled = 0, units = 0;
+
+        async Task CutAsync()
+        {
+            if (filled > 0)
+            {
+                var chunk = new PendingChunk(start, filled);
+                cut.Add(chunk);
+                await chunks.WriteAsync((chunk, buffer!), ct).ConfigureAwait(false);
+                buffer = null;
+                filled = 0;
+                units = 0;
+            }
+        }
+
+        try
+        {
+            await foreach (var block in blocks.ReadAllAsync(ct).ConfigureAwait(false))
+            {
+                try
+                {
+                    var checksum = await block.Checksum.ConfigureAwait(false);
+                    long i = block.Index;
+                    entries[i] = Unchanged(comparable, i, block.Length, checksum is { } id ? new BlockEntry(BlockKind.Data, id, generation) : new BlockEntry(BlockKind.Zero, ObjectId.Zero, generation));
+                    // A run of data blocks ends at a block that is not data or not read, and before a block kept as it was.
+                    if (last + 1 != i || checksum is null || Kept(reusable, entries, i, block.Length))
+                    {
+                        await CutAsync().ConfigureAwait(false);
+                    }
+
+                    last = i;
+                    if (checksum is null || Kept(reusable, entries, i, block.Length))
+                    {
+                        continue;
+                    }
+
+                    for (int at = 0; at < block.Length; at += BlockMap.Unit)
+                    {
+                        var unit = block.Buffer.AsSpan(at, Math.Min(BlockMap.Unit, block.Length - at));
+                        if (buffer is null)
+                        {
+                            buffer = BufferPool.Large.Rent(StorageChunks.MaxBytes);
+                            start = (i * blockSize) + at;
+                        }
+
+                        unit.CopyTo(buffer.AsSpan(filled));
+                        filled += unit.Length;
+                        units++;
+                        if (cutter.CutsAfter(unit, units))
+                        {
+                            await CutAsync().ConfigureAwait(false);
+                        }
+                    }
+                }
+                finally
+                {
+                    ArrayPool<byte>.Shared.Return(block.Buffer);
+                    Interlocked.Increment(ref _blocksDone);
+                }
+            }
+
+            await CutAsync().ConfigureAwait(false);
+        }
+        finally
+        {
+            chunks.Complete();
+            if (buffer is not null)
+            {
+                BufferPool.Large.Return(buffer);
+            }
+        }
+    }
+
+    private async Task StoreChunksAsync(ChannelReader<(PendingChunk Chunk, byte[] Buffer)> chunks, CancellationToken ct)
+    {
+        await foreach (var (chunk, buffer) in chunks.ReadAllAsync(ct).ConfigureAwait(false))
         {
             try
             {
-                var data = buffer.AsMemory(0, length);
-                if (data.Span.IndexOfAnyExcept((byte)0) < 0)
-                {
-                    entries[index] = Unchanged(before, index, length, new BlockEntry(BlockKind.Zero, ObjectId.Zero, generation));
-                }
-                else
-                {
-                    var id = repo.Key.BlobId(data.Span);
-                    entries[index] = Unchanged(before, index, length, new BlockEntry(BlockKind.Data, id, generation));
-                    await _writer!.SaveAsync(BlobType.Data, id, data, ct).ConfigureAwait(false);
-                }
-
-                Interlocked.Increment(ref _blocksDone);
+                var data = buffer.AsMemory(0, chunk.Length);
+                chunk.Id = repo.Key.BlobId(data.Span);
+                await _writer!.SaveAsync(BlobType.Data, chunk.Id, data, ct).ConfigureAwait(false);
             }
             finally
             {
-                ArrayPool<byte>.Shared.Return(buffer);
+                BufferPool.Large.Return(buffer);
+            }
+        }
+    }
+
+    /// <summary>The previous snapshot's placements, clipped to the runs of blocks kept as they were.</summary>
+    private static IEnumerable<Placement> Reused(BlockMap previous, BlockEntry[] entries, long size, int blockSize)
+    {
+        for (long i = 0; i < entries.LongLength;)
+        {
+            if (!Kept(previous, entries, i, (int)Math.Min(blockSize, size - (i * blockSize))))
+            {
+                i++;
+                continue;
+            }
+
+            long from = i * blockSize;
+            while (i < entries.LongLength && Kept(previous, entries, i, (int)Math.Min(blockSize, size - (i * blockSize))))
+            {
+                i++;
+            }
+
+            long to = Math.Min(size, i * blockSize);
+            for (int k = previous.FirstPlacementEndingAfter(from); k < previous.Placements.Length && previous.Placements[k].Offset < to; k++)
+            {
+                var p = previous.Placements[k];
+                long s = Math.Max(p.Offset, from), e = Math.Min(p.End, to);
+                yield return new Placement(s, (int)(e - s), p.Skip + (int)(s - p.Offset), p.Id);
             }
         }
     }

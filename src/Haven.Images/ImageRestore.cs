@@ -30,8 +30,9 @@ public sealed record ImageRestoreOptions
 public sealed record ImageRestoreResult(long BlocksWritten, long BytesWritten, long BlocksVerified, long BlocksUnchanged, IReadOnlyList<string> Errors, IReadOnlyList<string> Adjustments, IReadOnlyList<string> Notes);
 
 /// <summary>
-/// Writes an image snapshot to one or more targets in one pass. Every data block is read once, checked against its
-/// checksum (its blob id), written to every target, read back and checked again. Unused blocks become holes in new
+/// Writes an image snapshot to one or more targets in one pass. Every storage chunk is read once (AES-GCM
+/// authenticates it) and its bytes written to every target; once all pieces of a data block are written, each target
+/// reads the block back and checks it against the block's checksum. Unused blocks become holes in new
 /// image files (which stay sparse) and zeros elsewhere. A damaged block is named and skipped, and the restore goes on
 /// and reports it. Targets are checked before anything is written: each must be at least as large as the image, and
 /// (unless forced) not mounted.
@@ -61,87 +62,141 @@ public sealed class ImageRestore(Repository.Repository repo, ImageRestoreOptions
         long verified = 0;
         long unchanged = 0;
         long sinceWriteBack = 0;
+        var entries = map.Entries;
+        // Per data block, the pieces (placements) still to write before it can be read back and verified.
+        var pending = new int[entries.LongLength];
+        var failed = new bool[entries.LongLength];
+        foreach (var p in map.Placements)
+        {
+            for (long b = p.Offset / map.BlockSize; b * map.BlockSize < p.End; b++)
+            {
+                pending[b]++;
+            }
+        }
+
         try
         {
             var zeros = new byte[map.BlockSize];
-            await Parallel.ForAsync(0L, map.Entries.LongLength, new ParallelOptions { MaxDegreeOfParallelism = options.Workers, CancellationToken = ct }, async (i, token) =>
+            var parallel = new ParallelOptions { MaxDegreeOfParallelism = options.Workers, CancellationToken = ct };
+            await Parallel.ForAsync(0L, entries.LongLength, parallel, (i, _) =>
             {
-                var entry = map.Entries[i];
+                var entry = entries[i];
                 long offset = i * map.BlockSize;
                 int length = map.LengthOf(i);
-                if (entry.Kind != BlockKind.Data)
+                if (entry.Kind == BlockKind.Data)
                 {
-                    foreach (var t in targets.Where(t => !t.FreshSparse))
+                    Interlocked.Add(ref unchanged, targets.Count(t => t.Holds(i, entry)));
+                    return ValueTask.CompletedTask;
+                }
+
+                foreach (var t in targets.Where(t => !t.FreshSparse))
+                {
+                    if (t.Holds(i, entry))
                     {
-                        if (t.Holds(i, entry))
+                        Interlocked.Increment(ref unchanged);
+                        continue;
+                    }
+
+                    // Image files stay sparse; disks (and file systems without holes) get zeros.
+                    if (!t.IsFile || !Posix.PunchHole(t.Handle, offset, length))
+                    {
+                        Posix.PWriteAll(t.Handle, zeros.AsSpan(0, length), offset);
+                    }
+                }
+
+                Interlocked.Increment(ref _blocksDone);
+                return ValueTask.CompletedTask;
+            }).ConfigureAwait(false);
+
+            await Parallel.ForAsync(0, map.Placements.Length, parallel, async (n, token) =>
+            {
+                var p = map.Placements[n];
+                long first = p.Offset / map.BlockSize, last = (p.End - 1) / map.BlockSize;
+                // Each target writes the bytes of the blocks it does not hold already, in as few writes as it can.
+                var writes = new List<(Target Target, long From, long To)>();
+                foreach (var t in targets)
+                {
+                    for (long b = first; b <= last; b++)
+                    {
+                        if (t.Holds(b, entries[b]))
                         {
-                            Interlocked.Increment(ref unchanged);
                             continue;
                         }
 
-                        // Image files stay sparse; disks (and file systems without holes) get zeros.
-                        if (!t.IsFile || !Posix.PunchHole(t.Handle, offset, length))
+                        long from = Math.Max(p.Offset, b * map.BlockSize), to = Math.Min(p.End, (b * map.BlockSize) + map.LengthOf(b));
+                        if (writes.Count > 0 && writes[^1].Target == t && writes[^1].To == from)
                         {
-                            Posix.PWriteAll(t.Handle, zeros.AsSpan(0, length), offset);
-                        }
-                    }
-
-                    Interlocked.Increment(ref _blocksDone);
-                    return;
-                }
-
-                var writing = targets.Where(t => !t.Holds(i, entry)).ToList();
-                Interlocked.Add(ref unchanged, targets.Count - writing.Count);
-                if (writing.Count == 0)
-                {
-                    Interlocked.Increment(ref _blocksDone);
-                    return;
-                }
-
-                byte[] plaintext;
-                int plainLength;
-                try
-                {
-                    (plaintext, plainLength) = await repo.ReadBlobPooledAsync(entry.Id, token).ConfigureAwait(false);
-                }
-                catch (HavenException e) when (e.Code is ErrorCode.Corrupt or ErrorCode.NotFound)
-                {
-                    errors.Enqueue($"block {i} (bytes {offset}-{offset + length - 1}): chunk {entry.Id.Short} cannot be read: {e.Message}");
-                    return;
-                }
-
-                var readBack = BufferPool.Large.Rent(length);
-                try
-                {
-                    // The blob was authenticated when it was decrypted; its checksum is checked on what each target
-                    // reads back, which proves both that the blob is the block and that the target holds it.
-                    if (plainLength != length)
-                    {
-                        errors.Enqueue($"block {i} (bytes {offset}-{offset + length - 1}): chunk {entry.Id.Short} holds {plainLength} bytes, not {length}");
-                        return;
-                    }
-
-                    foreach (var t in writing)
-                    {
-                        Posix.PWriteAll(t.Handle, plaintext.AsSpan(0, length), offset);
-                        int n = Posix.PRead(t.Handle, readBack.AsSpan(0, length), offset);
-                        if (n != length || repo.Key.BlobId(readBack.AsSpan(0, length)) != entry.Id)
-                        {
-                            errors.Enqueue($"block {i} (bytes {offset}-{offset + length - 1}) of {t.Path} does not match its checksum {entry.Id.Short} after it was written");
+                            writes[^1] = (t, writes[^1].From, to);
                         }
                         else
                         {
-                            Interlocked.Increment(ref verified);
+                            writes.Add((t, from, to));
+                        }
+                    }
+                }
+
+                byte[]? plaintext = null;
+                try
+                {
+                    if (writes.Count > 0)
+                    {
+                        string? problem = null;
+                        try
+                        {
+                            (plaintext, int plainLength) = await repo.ReadBlobPooledAsync(p.Id, token).ConfigureAwait(false);
+                            if (plainLength < (long)p.Skip + p.Length)
+                            {
+                                problem = $"chunk {p.Id.Short} holds {plainLength} bytes, fewer than the {p.Skip + p.Length} its placement needs";
+                            }
+                        }
+                        catch (HavenException e) when (e.Code is ErrorCode.Corrupt or ErrorCode.NotFound)
+                        {
+                            problem = $"chunk {p.Id.Short} cannot be read: {e.Message}";
+                        }
+
+                        if (problem is not null)
+                        {
+                            for (long b = first; b <= last; b++)
+                            {
+                                failed[b] = true;
+                                long start = b * map.BlockSize;
+                                errors.Enqueue($"block {b} (bytes {start}-{start + map.LengthOf(b) - 1}): {problem}");
+                            }
+                        }
+                        else
+                        {
+                            foreach (var (t, from, to) in writes)
+                            {
+                                Posix.PWriteAll(t.Handle, plaintext.AsSpan(p.Skip + (int)(from - p.Offset), (int)(to - from)), from);
+                                Interlocked.Add(ref _bytesWritten, to - from);
+                            }
                         }
                     }
                 }
                 finally
                 {
-                    BufferPool.Large.Return(readBack);
-                    BufferPool.Large.Return(plaintext);
+                    if (plaintext is not null)
+                    {
+                        BufferPool.Large.Return(plaintext);
+                    }
                 }
 
-                if (Interlocked.Add(ref sinceWriteBack, length) >= WriteBackEvery)
+                for (long b = first; b <= last; b++)
+                {
+                    if (Interlocked.Decrement(ref pending[b]) == 0)
+                    {
+                        // The blob was authenticated when it was decrypted; the block's checksum is checked on what each
+                        // target reads back, which proves both that the chunks hold the block and that the target holds it.
+                        if (!Volatile.Read(ref failed[b]))
+                        {
+                            Interlocked.Add(ref verified, Verify(b, entries[b], map, targets, errors));
+                        }
+
+                        Interlocked.Increment(ref _blocksDone);
+                    }
+                }
+
+                if (writes.Count > 0 && Interlocked.Add(ref sinceWriteBack, p.Length) >= WriteBackEvery)
                 {
                     // Start the disk on what is written so far; the closing fsync then waits for little.
                     Interlocked.Exchange(ref sinceWriteBack, 0);
@@ -150,9 +205,6 @@ public sealed class ImageRestore(Repository.Repository repo, ImageRestoreOptions
                         Posix.StartWriteBack(t.Handle, 0, 0);
                     }
                 }
-
-                Interlocked.Add(ref _bytesWritten, (long)length * writing.Count);
-                Interlocked.Increment(ref _blocksDone);
             }).ConfigureAwait(false);
 
             foreach (var t in targets)
@@ -187,6 +239,36 @@ public sealed class ImageRestore(Repository.Repository repo, ImageRestoreOptions
 
         return new ImageRestoreResult(Interlocked.Read(ref _blocksDone), Interlocked.Read(ref _bytesWritten), verified, Interlocked.Read(ref unchanged),
             errors.OrderBy(e => e, StringComparer.Ordinal).ToList(), adjustments, notes);
+    }
+
+    /// <summary>Reads block <paramref name="index"/> back from every target that was written and checks it against its checksum; returns how many matched.</summary>
+    private int Verify(long index, BlockEntry entry, BlockMap map, List<Target> targets, System.Collections.Concurrent.ConcurrentQueue<string> errors)
+    {
+        long offset = index * map.BlockSize;
+        int length = map.LengthOf(index);
+        var readBack = BufferPool.Large.Rent(length);
+        try
+        {
+            int matched = 0;
+            foreach (var t in targets.Where(t => !t.Holds(index, entry)))
+            {
+                int n = Posix.PRead(t.Handle, readBack.AsSpan(0, length), offset);
+                if (n != length || repo.Key.BlobId(readBack.AsSpan(0, length)) != entry.Id)
+                {
+                    errors.Enqueue($"block {index} (bytes {offset}-{offset + length - 1}) of {t.Path} does not match its checksum {entry.Id.Short} after it was written");
+                }
+                else
+                {
+                    matched++;
+                }
+            }
+
+            return matched;
+        }
+        finally
+        {
+            BufferPool.Large.Return(readBack);
+        }
     }
 
     /// <summary>

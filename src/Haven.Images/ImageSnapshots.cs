@@ -11,7 +11,7 @@ namespace Haven.Images;
 /// blobs, so prune, check and copy reach every blob of an image as they reach a file's:
 /// <list type="bullet">
 /// <item><c>blockmap</c>: the encoded <see cref="BlockMap"/>, cut in pieces of at most <see cref="MapPiece"/> bytes;</item>
-/// <item><c>blocks-00000</c>, <c>blocks-00001</c>, …: the distinct data blocks, in order of first use, at most
+/// <item><c>blocks-00000</c>, <c>blocks-00001</c>, …: the distinct storage chunks, in order of first use, at most
 /// <see cref="IdsPerNode"/> to a node.</item>
 /// </list>
 /// </summary>
@@ -74,7 +74,7 @@ public static class ImageSnapshots
         return map;
     }
 
-    /// <summary>Stores the map and the list of distinct blocks through <paramref name="writer"/>; returns the tree's id.</summary>
+    /// <summary>Stores the map and the list of distinct storage chunks through <paramref name="writer"/>; returns the tree's id.</summary>
     public static async Task<ObjectId> SaveTreeAsync(Repository.Repository repo, BlobWriter writer, BlockMap map, CancellationToken ct)
     {
         var encoded = map.Encode();
@@ -88,19 +88,22 @@ public static class ImageSnapshots
         }
 
         var nodes = new List<Node> { FileNode(MapNode, encoded.Length, mapPieces) };
-        var seen = new HashSet<ObjectId>();
+        // The blobs' lengths are not in the map; a blob holds at least the bytes its placements take from it.
+        var lengths = new Dictionary<ObjectId, long>();
         var distinct = new List<ObjectId>();
-        foreach (var entry in map.Entries)
+        foreach (var p in map.Placements)
         {
-            if (entry.Kind == BlockKind.Data && seen.Add(entry.Id))
+            if (!lengths.TryGetValue(p.Id, out long known))
             {
-                distinct.Add(entry.Id);
+                distinct.Add(p.Id);
             }
+
+            lengths[p.Id] = Math.Max(known, (long)p.Skip + p.Length);
         }
 
         foreach (var (ids, n) in distinct.Chunk(IdsPerNode).Select((ids, n) => (ids, n)))
         {
-            nodes.Add(FileNode($"blocks-{n:00000}", (long)ids.Length * map.BlockSize, ids));
+            nodes.Add(FileNode($"blocks-{n:00000}", ids.Sum(id => lengths[id]), ids));
         }
 
         nodes.Sort((a, b) => a.Name.AsSpan().SequenceCompareTo(b.Name));

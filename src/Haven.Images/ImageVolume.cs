@@ -7,7 +7,8 @@ namespace Haven.Images;
 
 /// <summary>
 /// An image snapshot as a volume to read (and, with an overlay, to write) at any offset, without restoring it.
-/// Reads come from the repository block by block. Decrypted blocks are kept in a cache (by default 64 MiB): the
+/// Reads come from the repository block by block, each assembled from the storage chunks that hold it and checked
+/// against its checksum. Decrypted blocks are kept in a cache (by default 64 MiB): the
 /// blocks a client reads again and again, such as a filesystem's superblock, group descriptors, bitmaps, inode
 /// tables and directories, stay there. Writes go to a temporary copy-on-write overlay file that is deleted when the
 /// volume is disposed. The stored snapshot never changes.
@@ -22,6 +23,10 @@ public sealed class ImageVolume : IDisposable
     private readonly string? _overlayPath;
     private readonly bool[]? _written;
     private readonly Lock _writeLock = new();
+
+    /// <summary>Storage chunks last read, most recent last.</summary>
+    private readonly List<(ObjectId Id, byte[] Data)> _chunks = [];
+    private const int ChunksKept = 8;
     private long _clock;
 
     public ImageVolume(Repository.Repository repo, BlockMap map, string? overlayFolder, long cacheBytes = 64L << 20)
@@ -134,10 +139,25 @@ public sealed class ImageVolume : IDisposable
             return cached.Data;
         }
 
-        var data = await _repo.ReadBlobAsync(entry.Id, ct).ConfigureAwait(false);
-        if (data.Length != _map.LengthOf(index) || _repo.Key.BlobId(data) != entry.Id)
+        // The block's bytes, from the storage chunks that hold them.
+        long start = index * _map.BlockSize;
+        var data = new byte[_map.LengthOf(index)];
+        for (int k = _map.FirstPlacementEndingAfter(start); k < _map.Placements.Length && _map.Placements[k].Offset < start + data.Length; k++)
         {
-            throw new HavenException(ErrorCode.Corrupt, $"block {index} (bytes {index * _map.BlockSize}-{(index * _map.BlockSize) + _map.LengthOf(index) - 1}): chunk {entry.Id.Short} does not match its checksum");
+            var p = _map.Placements[k];
+            var chunk = await ChunkAsync(p.Id, ct).ConfigureAwait(false);
+            long from = Math.Max(p.Offset, start), to = Math.Min(p.End, start + data.Length);
+            if (chunk.Length < (long)p.Skip + p.Length)
+            {
+                throw new HavenException(ErrorCode.Corrupt, $"block {index}: chunk {p.Id.Short} holds {chunk.Length} bytes, fewer than its placement needs");
+            }
+
+            chunk.AsSpan(p.Skip + (int)(from - p.Offset), (int)(to - from)).CopyTo(data.AsSpan((int)(from - start)));
+        }
+
+        if (_repo.Key.BlobId(data) != entry.Id)
+        {
+            throw new HavenException(ErrorCode.Corrupt, $"block {index} (bytes {start}-{start + data.Length - 1}) does not match its checksum {entry.Id.Short}");
         }
 
         _cache[index] = (data, Interlocked.Increment(ref _clock));
@@ -147,6 +167,34 @@ public sealed class ImageVolume : IDisposable
             foreach (var old in _cache.OrderBy(c => c.Value.Used).Take(_cacheBlocks / 4).ToList())
             {
                 _cache.TryRemove(old.Key, out _);
+            }
+        }
+
+        return data;
+    }
+
+    /// <summary>A storage chunk, decrypted; the last few are kept, as a chunk holds several blocks read one after another.</summary>
+    private async Task<byte[]> ChunkAsync(ObjectId id, CancellationToken ct)
+    {
+        lock (_chunks)
+        {
+            var hit = _chunks.FindIndex(c => c.Id == id);
+            if (hit >= 0)
+            {
+                var found = _chunks[hit];
+                _chunks.RemoveAt(hit);
+                _chunks.Add(found);
+                return found.Data;
+            }
+        }
+
+        var data = await _repo.ReadBlobAsync(id, ct).ConfigureAwait(false);
+        lock (_chunks)
+        {
+            _chunks.Add((id, data));
+            if (_chunks.Count > ChunksKept)
+            {
+                _chunks.RemoveAt(0);
             }
         }
 

@@ -60,6 +60,8 @@ public sealed class ImageTests
         Assert.InRange(added, 1_500_000, (changed * 65536) + 65536); // only changed blocks are stored (and the block map)
 
         var info = cli.Expect(0, "image", "info", "latest", "--json").Json;
+        Assert.Equal(2, (int)info["format"]!);
+        Assert.InRange((long)info["storage_chunks"]!, 1, dataBlocks / 2); // runs of data blocks are stored in chunks of 64 KiB to 1 MiB
         var generations = info["generations"]!.AsArray();
         Assert.Equal([1u, 2u], generations.Select(g => (uint)g!["generation"]!));
         Assert.Equal(changed, (long)generations[1]!["blocks_changed"]!);
@@ -97,6 +99,25 @@ public sealed class ImageTests
             Assert.True(new FileInfo(same).Length == 256L << 20);
             Assert.True(Allocated(same) < 120L << 20, "the restored image file stays sparse");
         }
+    }
+
+    [Fact]
+    public void BytesRepeatedAtAnOffsetThatIsNoMultipleOfTheBlockSize_AreStoredOnce()
+    {
+        using var cli = new HavenCli();
+        cli.Expect(0, "init");
+        // 4 MiB of random bytes, 20 KiB of others, and the 4 MiB again: the copy starts 20 KiB into a 64 KiB block.
+        var repeated = TestData.Bytes(4 << 20, seed: 41);
+        string disk = Path.Combine(cli.Root, "repeats.img");
+        File.WriteAllBytes(disk, [.. repeated, .. TestData.Bytes(20 << 10, seed: 42), .. repeated]);
+
+        var backup = cli.Expect(0, "image", "backup", disk, "--json").Json;
+        Assert.Equal(129L, (long)backup["image"]!["blocks_data"]!);
+        Assert.InRange((long)backup["bytes_added"]!, 4L << 20, 6L << 20); // not the 8 MiB that blocks of 64 KiB would store
+
+        string restored = Path.Combine(cli.Root, "restored.img");
+        cli.Expect(0, "image", "restore", "latest", "--target", restored);
+        Assert.Equal(File.ReadAllBytes(disk), File.ReadAllBytes(restored));
     }
 
     [Fact]

@@ -168,7 +168,9 @@ public static class ImageCommand
             var map = await ImageSnapshots.LoadMapAsync(repo, id, snap, ct);
             var byGeneration = map.Entries.GroupBy(e => e.Generation).OrderBy(g => g.Key).ToDictionary(g => g.Key, g => g.LongCount());
             var o = ctx.Output;
+            int chunks = map.StoredBlobs().Count;
             o.Line($"image snapshot {id.Short} of {snap.Paths[0]} on {snap.Hostname}: {Units.Bytes(map.ImageSize)}, {Units.Count(map.Entries.LongLength)} blocks of {Units.Bytes(map.BlockSize)}, generation {map.Generation}, partition table {snap.Image!.PartitionTable}");
+            o.Line($"data held in {Units.Count(chunks)} storage chunks ({Units.Count(map.Placements.Length)} placements, block map format {map.Format})");
             o.Line($"{"generation",10} {"taken",-20} {"changed then",13} {"still current",14}");
             foreach (var h in map.History)
             {
@@ -181,6 +183,9 @@ public static class ImageCommand
                 ["size"] = map.ImageSize,
                 ["block_size"] = map.BlockSize,
                 ["generation"] = map.Generation,
+                ["format"] = map.Format,
+                ["storage_chunks"] = chunks,
+                ["placements"] = map.Placements.Length,
                 ["kinds"] = new JsonObject(map.Entries.GroupBy(e => e.Kind).Select(g => KeyValuePair.Create(g.Key.ToString().ToLowerInvariant(), (JsonNode?)g.LongCount()))),
                 ["generations"] = new JsonArray([.. map.History.Select(h => (JsonNode)new JsonObject
                 {
