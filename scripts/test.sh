@@ -23,7 +23,8 @@ export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPE
 #   qemu-utils qemu-img and qemu-io, NBD clients for the image export tests
 #   fdisk      sfdisk, to make and check the partition tables of image tests
 #   dosfstools mkfs.vfat and fsck.vfat, and mtools (mcopy), for the FAT image tests
-packages=(attr e2fsprogs xxd curl qemu-utils fdisk dosfstools mtools)
+#   xfsprogs   mkfs.xfs and xfs_repair, for the XFS image test
+packages=(attr e2fsprogs xxd curl qemu-utils fdisk dosfstools mtools xfsprogs)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -3,8 +3,9 @@ using Microsoft.Win32.SafeHandles;
 namespace Haven.Images;
 
 /// <summary>
-/// Byte ranges of a source that its filesystems do not use (see <see cref="Ext4FreeSpace"/> and <see cref="FatFreeSpace"/>):
-/// an ext2/3/4 or FAT filesystem at the start of the source, or in any partition of its partition table. Blocks wholly inside are not read.
+/// Byte ranges of a source that its filesystems do not use (see <see cref="Ext4FreeSpace"/>, <see cref="XfsFreeSpace"/> and
+/// <see cref="FatFreeSpace"/>): an ext2/3/4, XFS or FAT filesystem at the start of the source, or in any partition of its
+/// partition table. Blocks wholly inside are not read.
 /// </summary>
 public sealed class FreeRanges
 {
@@ -65,7 +66,9 @@ public sealed class FreeRanges
 
     /// <summary>The free ranges of the filesystem at <paramref name="offset"/>, by the first reader that knows it.</summary>
     private static (List<(long Start, long End)> Free, string Kind)? Read(SafeFileHandle source, long offset, long length) =>
-        Ext4FreeSpace.Read(source, offset, length) is { } ext ? (ext, "ext2/3/4") : FatFreeSpace.Read(source, offset, length);
+        Ext4FreeSpace.Read(source, offset, length) is { } ext ? (ext, "ext2/3/4")
+        : XfsFreeSpace.Read(source, offset, length) is { } xfs ? (xfs, "XFS")
+        : FatFreeSpace.Read(source, offset, length);
 
     /// <summary>Whether every byte of [offset, offset + length) is free.</summary>
     public bool Covers(long offset, long length)
