@@ -10,7 +10,8 @@ public sealed record Ext4Entry(string Name, uint Inode, char Kind, long Size, Da
 /// <summary>
 /// Reads files and directories of an ext2/3/4 filesystem inside an image snapshot, through an <see cref="ImageVolume"/>,
 /// without restoring it: the superblock, group descriptors, inodes, extent trees (and ext2/3 block maps) and
-/// directory blocks (hashed directories are read linearly: their index blocks look like empty entries).
+/// directory blocks (hashed directories are read linearly: their index blocks look like empty entries). Small files
+/// and directories of an inline_data filesystem are read from their inode: i_block and the "system.data" attribute.
 /// </summary>
 public sealed class Ext4Reader
 {
@@ -85,6 +86,18 @@ public sealed class Ext4Reader
         }
 
         long size = Size(raw);
+        if (IsInline(raw))
+        {
+            var inline = InlineData(raw);
+            if (inline.Length < size)
+            {
+                throw new HavenException(ErrorCode.Corrupt, $"{path} keeps {inline.Length} bytes inside its inode, fewer than its size of {size}", "run e2fsck on a restored copy");
+            }
+
+            await output.WriteAsync(inline.AsMemory(0, (int)size), ct).ConfigureAwait(false);
+            return;
+        }
+
         var buffer = new byte[_blockSize];
         long written = 0;
         foreach (var (logical, physical, count) in (await ExtentsAsync(raw, ct).ConfigureAwait(false)).OrderBy(e => e.Logical))
@@ -155,33 +168,91 @@ public sealed class Ext4Reader
     private async Task<List<(string Name, uint Inode)>> ReadDirectoryAsync(byte[] raw, CancellationToken ct)
     {
         var entries = new List<(string, uint)>();
+        if (IsInline(raw))
+        {
+            // Inline: the parent's inode number, then entries in the rest of i_block and in the system.data attribute.
+            var inline = InlineData(raw);
+            entries.Add(("..", BinaryPrimitives.ReadUInt32LittleEndian(inline)));
+            Entries(inline.AsSpan(4, 56), entries);
+            Entries(inline.AsSpan(60), entries);
+            return entries;
+        }
+
         var block = new byte[_blockSize];
         foreach (var (_, physical, count) in await ExtentsAsync(raw, ct).ConfigureAwait(false))
         {
             for (long i = 0; i < count && physical >= 0; i++)
             {
                 await ReadBlockAsync(physical + i, block, ct).ConfigureAwait(false);
-                for (int at = 0; at + 8 <= block.Length;)
-                {
-                    uint child = BinaryPrimitives.ReadUInt32LittleEndian(block.AsSpan(at));
-                    int recLen = BinaryPrimitives.ReadUInt16LittleEndian(block.AsSpan(at + 4));
-                    int nameLen = block[at + 6];
-                    if (recLen < 8 || at + recLen > block.Length)
-                    {
-                        break;
-                    }
-
-                    if (child != 0 && nameLen > 0 && at + 8 + nameLen <= block.Length)
-                    {
-                        entries.Add((Encoding.UTF8.GetString(block, at + 8, nameLen), child));
-                    }
-
-                    at += recLen;
-                }
+                Entries(block, entries);
             }
         }
 
         return entries;
+    }
+
+    /// <summary>The entries of a run of directory records.</summary>
+    private static void Entries(ReadOnlySpan<byte> records, List<(string, uint)> entries)
+    {
+        for (int at = 0; at + 8 <= records.Length;)
+        {
+            uint child = BinaryPrimitives.ReadUInt32LittleEndian(records[at..]);
+            int recLen = BinaryPrimitives.ReadUInt16LittleEndian(records[(at + 4)..]);
+            int nameLen = records[at + 6];
+            if (recLen < 8 || at + recLen > records.Length)
+            {
+                break;
+            }
+
+            if (child != 0 && nameLen > 0 && at + 8 + nameLen <= records.Length)
+            {
+                entries.Add((Encoding.UTF8.GetString(records.Slice(at + 8, nameLen)), child));
+            }
+
+            at += recLen;
+        }
+    }
+
+    private static bool IsInline(byte[] raw) => (BinaryPrimitives.ReadUInt32LittleEndian(raw.AsSpan(32)) & 0x10000000) != 0;
+
+    /// <summary>
+    /// The bytes of an inline_data inode: the 60 bytes of i_block, then the value of its "system.data" extended
+    /// attribute, which lives in the inode's own attribute area after i_extra_isize.
+    /// </summary>
+    private static byte[] InlineData(byte[] raw)
+    {
+        var data = new List<byte>(raw.AsSpan(40, 60).ToArray());
+        if (raw.Length > 132)
+        {
+            int extra = BinaryPrimitives.ReadUInt16LittleEndian(raw.AsSpan(128));
+            int area = 128 + extra;
+            if (area + 4 <= raw.Length && BinaryPrimitives.ReadUInt32LittleEndian(raw.AsSpan(area)) == 0xEA020000)
+            {
+                int first = area + 4;
+                for (int at = first; at + 16 <= raw.Length && BinaryPrimitives.ReadUInt32LittleEndian(raw.AsSpan(at)) != 0;)
+                {
+                    int nameLen = raw[at], index = raw[at + 1];
+                    int valueOffset = BinaryPrimitives.ReadUInt16LittleEndian(raw.AsSpan(at + 2));
+                    uint valueInode = BinaryPrimitives.ReadUInt32LittleEndian(raw.AsSpan(at + 4));
+                    int valueSize = (int)BinaryPrimitives.ReadUInt32LittleEndian(raw.AsSpan(at + 8));
+                    if (at + 16 + nameLen > raw.Length)
+                    {
+                        break;
+                    }
+
+                    if (index == 7 && nameLen == 4 && raw.AsSpan(at + 16, 4).SequenceEqual("data"u8) && valueInode == 0
+                        && valueSize >= 0 && first + valueOffset + valueSize <= raw.Length)
+                    {
+                        data.AddRange(raw.AsSpan(first + valueOffset, valueSize).ToArray());
+                        break;
+                    }
+
+                    at += (16 + nameLen + 3) & ~3;
+                }
+            }
+        }
+
+        return data.ToArray();
     }
 
     /// <summary>The file's blocks as (first logical block, first physical block or -1 for unwritten, count).</summary>
@@ -190,11 +261,6 @@ public sealed class Ext4Reader
         uint flags = BinaryPrimitives.ReadUInt32LittleEndian(raw.AsSpan(32));
         var iblock = raw.AsSpan(40, 60).ToArray();
         var result = new List<(long, long, long)>();
-        if ((flags & 0x10000000) != 0)
-        {
-            throw new HavenException(ErrorCode.UnsupportedFormat, "the file keeps its data inside its inode (inline_data), which this reader does not read yet");
-        }
-
         if ((flags & 0x80000) != 0)
         {
             await WalkExtentsAsync(iblock, result, 0, ct).ConfigureAwait(false);

@@ -382,6 +382,65 @@ public sealed class ImageTests
         }
     }
 
+    [Fact]
+    public void AnXfsFilesystem_IsReadOnlyWhereItsFreeSpaceTreesSayBlocksAreUsed()
+    {
+        using var cli = new HavenCli();
+        cli.Expect(0, "init");
+        // Filled with 0xFF before mkfs (which must not discard), so free blocks hold bytes that would be read and stored.
+        string disk = Path.Combine(cli.Root, "xfs.img");
+        Sh($"head -c 320M /dev/zero | tr '\\0' '\\377' > {disk} && mkfs.xfs -q -f -K {disk}");
+        string files = Path.Combine(cli.Root, "files");
+        Directory.CreateDirectory(files);
+        TestData.WriteRandomFiles(files, 40, 1 << 20, seed: 5);
+        TestTree.CreateHardCases(Path.Combine(files, "tree"), includeLargeFile: false, seed: 6);
+        WithMount(cli, disk, mount => Sh($"cp -a {files}/. {mount}/"));
+
+        var backup = cli.Expect(0, "image", "backup", disk, "--json").Json;
+        long blocks = (long)backup["image"]!["blocks"]!, free = (long)backup["image"]!["blocks_free"]!;
+        Assert.InRange(free, blocks * 55 / 100, blocks); // 40 MiB of files, the log and the metadata in 320 MiB
+        Assert.InRange((long)backup["bytes_read"]!, 40L << 20, 130L << 20);
+
+        string restored = Path.Combine(cli.Root, "restored.img");
+        cli.Expect(0, "image", "restore", "latest", "--target", restored);
+        Sh($"xfs_repair -n {restored}");
+        WithMount(cli, restored, _ => { }, readOnly: true, compareWith: files);
+    }
+
+    [Fact]
+    public void FilesAndFoldersKeptInTheirInode_AreListedAndDumpedFromASnapshot()
+    {
+        using var cli = new HavenCli();
+        cli.Expect(0, "init");
+        string disk = Path.Combine(cli.Root, "inline.img");
+        Sh($"truncate -s 32M {disk} && mkfs.ext4 -q -F -O inline_data -I 256 {disk}");
+        var tiny = TestData.Bytes(40, seed: 1);    // fits in i_block
+        var small = TestData.Bytes(100, seed: 2);  // i_block and the system.data attribute
+        var large = TestData.Bytes(10_000, seed: 3);
+        WithMount(cli, disk, mount =>
+        {
+            File.WriteAllBytes(Path.Combine(mount, "tiny.bin"), tiny);
+            File.WriteAllBytes(Path.Combine(mount, "small.bin"), small);
+            Directory.CreateDirectory(Path.Combine(mount, "few"));
+            File.WriteAllBytes(Path.Combine(mount, "few", "a"), tiny);
+            File.WriteAllBytes(Path.Combine(mount, "few", "large.bin"), large);
+        });
+        foreach (string inline in new[] { "/tiny.bin", "/small.bin", "/few" })
+        {
+            Assert.Contains("size of inline data", Capture($"debugfs -R 'stat {inline}' {disk}").Output, StringComparison.OrdinalIgnoreCase);
+        }
+
+        string id = IdOf(cli.Expect(0, "image", "backup", disk, "--json").Json);
+        var few = cli.Expect(0, "image", "ls", id, "/few", "--json").Json.AsArray();
+        Assert.Equal(["a", "large.bin"], few.Select(e => (string)e!["name"]!));
+        foreach (var (path, expected) in new[] { ("/tiny.bin", tiny), ("/small.bin", small), ("/few/a", tiny), ("/few/large.bin", large) })
+        {
+            string dumped = Path.Combine(cli.Root, "dumped");
+            cli.Expect(0, "image", "dump", id, path, "--output", dumped);
+            Assert.Equal(expected, File.ReadAllBytes(dumped));
+        }
+    }
+
     private static string IdOf(JsonNode backup) => (string)backup["snapshot_id"]!;
 
     /// <summary>An export that is killed when the test leaves it early (a failed assertion), so nothing is left running.</summary>
