@@ -281,7 +281,7 @@ public sealed class AgentRunner(AgentState state, AgentRunOptions? options = nul
         var backup = new ImageBackup(repo, new ImageBackupOptions
         {
             Source = plan.Paths[0],
-            BlockSize = plan.BlockSize ?? ImageBackupOptions.DefaultBlockSize,
+            BlockSize = plan.BlockSize,
             Host = state.LoadIdentity().ClientName,
             Tags = [$"plan:{plan.Name}"],
             Writer = new BlobWriterOptions { SpoolDirectory = Path.Combine(state.Folder, "spool"), UploadConcurrency = 4 },

@@ -141,6 +141,11 @@ public sealed class BlockMap
         long dataBlocks = Entries.LongCount(e => e.Kind == BlockKind.Data);
         long length = Magic2.Length + 8 + 4 + 4 + 8 + 4 + (History.Count * 20L) + (Entries.LongLength * 5) + (dataBlocks * ObjectId.Size)
             + 4 + 8 + (Placements.LongLength * PlacementBytes);
+        if (length > Array.MaxLength)
+        {
+            throw new HavenException(ErrorCode.Usage, $"the block map of this image would take {length} bytes, more than one map can hold", "back it up again with a larger --block-size");
+        }
+
         var bytes = new byte[length];
         var span = bytes.AsSpan();
         Magic2.CopyTo(span);
@@ -201,7 +206,8 @@ public sealed class BlockMap
             long count = BinaryPrimitives.ReadInt64LittleEndian(bytes[(at + 16)..]);
             int historyCount = BinaryPrimitives.ReadInt32LittleEndian(bytes[(at + 24)..]);
             at += 28;
-            if (blockSize <= 0 || size < 0 || count != BlockCount(size, blockSize) || historyCount < 0 || count > bytes.Length)
+            if (blockSize <= 0 || size < 0 || count != BlockCount(size, blockSize) || historyCount < 0 || count > bytes.Length
+                || historyCount > (bytes.Length - at) / 20)
             {
                 throw Damaged(what, "its header does not add up");
             }
@@ -271,7 +277,7 @@ public sealed class BlockMap
 
             return new BlockMap(size, blockSize, generation, entries, history, placements) { Format = format };
         }
-        catch (ArgumentOutOfRangeException)
+        catch (Exception e) when (e is ArgumentOutOfRangeException or IndexOutOfRangeException)
         {
             throw Damaged(what, "it ends early");
         }
@@ -286,7 +292,7 @@ public sealed class BlockMap
         long end = 0, placed = 0;
         foreach (var p in placements)
         {
-            if (p.Length <= 0 || p.Skip < 0 || p.Offset < end || p.End > size)
+            if (p.Length <= 0 || p.Skip < 0 || p.Offset < end || p.Offset > size - p.Length)
             {
                 throw Damaged(what, $"its placement at byte {p.Offset} overlaps another or lies outside the image");
             }

@@ -10,13 +10,14 @@ namespace Haven.Images;
 
 public sealed record ImageBackupOptions
 {
-    /// <summary>Block size when the source has no earlier image snapshot of another size (see docs/benchmarks.md).</summary>
+    /// <summary>Block size of a source's first image snapshot when none is given (see docs/benchmarks.md).</summary>
     public const int DefaultBlockSize = 64 * 1024;
 
     /// <summary>A block device, a partition or an image file (absolute path).</summary>
     public required string Source { get; init; }
 
-    public int BlockSize { get; init; } = DefaultBlockSize;
+    /// <summary>Null: the block size of the source's previous image snapshot, so its blocks compare, or else <see cref="DefaultBlockSize"/>.</summary>
+    public int? BlockSize { get; init; }
 
     public string Host { get; init; } = Environment.MachineName;
 
@@ -68,10 +69,24 @@ public sealed class ImageBackup(Repository.Repository repo, ImageBackupOptions o
         using var source = OpenSource(options.Source, out long size, out bool regular, out string resolved);
         var previous = await ImageSnapshots.FindPreviousAsync(repo, options.Host, options.Source, ct).ConfigureAwait(false);
         BlockMap? before = previous is { } p ? await ImageSnapshots.LoadMapAsync(repo, p.Id, p.Snapshot, ct).ConfigureAwait(false) : null;
-        int blockSize = options.BlockSize;
+        int blockSize = options.BlockSize ?? before?.BlockSize ?? ImageBackupOptions.DefaultBlockSize;
         if (blockSize < 4096 || blockSize > 16 << 20 || (blockSize & (blockSize - 1)) != 0)
         {
             throw new HavenException(ErrorCode.Usage, $"a block size of {blockSize} bytes is not a power of two between 4 KiB and 16 MiB");
+        }
+
+        // The map is one array: at 37 bytes a block and 48 a placement (at most about one per 32 KiB), under 2 GiB.
+        static long MapBytes(long size, int blockSize) => (BlockMap.BlockCount(size, blockSize) * (5L + ObjectId.Size)) + (size / (32 << 10) * 48);
+        if (MapBytes(size, blockSize) > Array.MaxLength)
+        {
+            int fits = blockSize;
+            while (fits < 16 << 20 && MapBytes(size, fits) > Array.MaxLength)
+            {
+                fits *= 2;
+            }
+
+            throw new HavenException(ErrorCode.Usage, $"{options.Source} holds {size} bytes: in blocks of {blockSize} bytes its block map could pass 2 GiB",
+                MapBytes(size, fits) <= Array.MaxLength ? $"give --block-size {fits}" : "back it up in parts: partition by partition");
         }
 
         // Checksums compare block by block only when the blocks are the same.
@@ -237,7 +252,8 @@ public sealed class ImageBackup(Repository.Repository repo, ImageBackupOptions o
         var reusable = comparable is not null && comparable.StoredBlobs().All(repo.Index.Contains) ? comparable : null;
         using var failed = CancellationTokenSource.CreateLinkedTokenSource(ct);
         var token = failed.Token;
-        var blocks = Channel.CreateBounded<ReadBlock>(options.Workers * 4);
+        // Blocks in flight: enough to keep the hashing tasks busy, and not more than 64 MiB of large blocks.
+        var blocks = Channel.CreateBounded<ReadBlock>(Math.Clamp((64 << 20) / blockSize, 2, options.Workers * 4));
         var chunks = Channel.CreateBounded<(PendingChunk Chunk, byte[] Buffer)>(options.Workers * 2);
         var cut = new List<PendingChunk>();
         var sequencer = Task.Run(() => Stage(failed, () => SequenceAsync(blocks.Reader, chunks.Writer, entries, comparable, reusable, generation, blockSize, cut, token)), token);
@@ -265,7 +281,7 @@ public sealed class ImageBackup(Repository.Repository repo, ImageBackupOptions o
                 }
 
                 var buffer = ArrayPool<byte>.Shared.Rent(blockSize);
-                ReadFully(source, buffer.AsSpan(0, length), offset);
+                ReadFully(source, options.Source, buffer.AsSpan(0, length), offset);
                 Interlocked.Add(ref _bytesRead, length);
                 var checksum = Task.Run(() => buffer.AsSpan(0, length).IndexOfAnyExcept((byte)0) < 0 ? (ObjectId?)null : repo.Key.BlobId(buffer.AsSpan(0, length)), token);
                 await blocks.Writer.WriteAsync(new ReadBlock(i, buffer, length, checksum), token).ConfigureAwait(false);
@@ -490,12 +506,22 @@ public sealed class ImageBackup(Repository.Repository repo, ImageBackupOptions o
         return handle;
     }
 
-    private static void ReadFully(SafeFileHandle source, Span<byte> buffer, long offset)
+    private static void ReadFully(SafeFileHandle source, string name, Span<byte> buffer, long offset)
     {
         int done = 0;
         while (done < buffer.Length)
         {
-            int n = Posix.PRead(source, buffer[done..], offset + done);
+            int n;
+            try
+            {
+                n = Posix.PRead(source, buffer[done..], offset + done);
+            }
+            catch (PosixException e)
+            {
+                throw new HavenException(ErrorCode.Failed, $"cannot read {name} at byte {offset + done}: {PosixException.Describe(e.Errno)}",
+                    "the disk may be failing: check the kernel log (dmesg), and copy what can be read with ddrescue before backing it up again");
+            }
+
             if (n == 0)
             {
                 throw new HavenException(ErrorCode.Failed, $"the source ended at byte {offset + done}, before its size; did it shrink while it was read?");

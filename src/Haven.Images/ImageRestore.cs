@@ -30,8 +30,8 @@ public sealed record ImageRestoreOptions
 public sealed record ImageRestoreResult(long BlocksWritten, long BytesWritten, long BlocksVerified, long BlocksUnchanged, IReadOnlyList<string> Errors, IReadOnlyList<string> Adjustments, IReadOnlyList<string> Notes);
 
 /// <summary>
-/// Writes an image snapshot to one or more targets in one pass. Every storage chunk is read once (AES-GCM
-/// authenticates it) and its bytes written to every target; once all pieces of a data block are written, each target
+/// Writes an image snapshot to one or more targets in one pass. Every storage chunk is read (AES-GCM authenticates it)
+/// and its bytes written to every target; once all pieces of a data block are written, each target
 /// reads the block back and checks it against the block's checksum. Unused blocks become holes in new
 /// image files (which stay sparse) and zeros elsewhere. A damaged block is named and skipped, and the restore goes on
 /// and reports it. Targets are checked before anything is written: each must be at least as large as the image, and
@@ -65,7 +65,8 @@ public sealed class ImageRestore(Repository.Repository repo, ImageRestoreOptions
         var entries = map.Entries;
         // Per data block, the pieces (placements) still to write before it can be read back and verified.
         var pending = new int[entries.LongLength];
-        var failed = new bool[entries.LongLength];
+        var failed = new int[entries.LongLength]; // 1 once the block is named in an error
+        var chunks = new SharedChunks(repo, map.Placements);
         foreach (var p in map.Placements)
         {
             for (long b = p.Offset / map.BlockSize; b * map.BlockSize < p.End; b++)
@@ -136,6 +137,7 @@ public sealed class ImageRestore(Repository.Repository repo, ImageRestoreOptions
                 }
 
                 byte[]? plaintext = null;
+                bool pooled = false;
                 try
                 {
                     if (writes.Count > 0)
@@ -143,7 +145,7 @@ public sealed class ImageRestore(Repository.Repository repo, ImageRestoreOptions
                         string? problem = null;
                         try
                         {
-                            (plaintext, int plainLength) = await repo.ReadBlobPooledAsync(p.Id, token).ConfigureAwait(false);
+                            (plaintext, int plainLength, pooled) = await chunks.GetAsync(p.Id, token).ConfigureAwait(false);
                             if (plainLength < (long)p.Skip + p.Length)
                             {
                                 problem = $"chunk {p.Id.Short} holds {plainLength} bytes, fewer than the {p.Skip + p.Length} its placement needs";
@@ -156,11 +158,14 @@ public sealed class ImageRestore(Repository.Repository repo, ImageRestoreOptions
 
                         if (problem is not null)
                         {
+                            // Named once each, and only the blocks that some target still needed.
                             for (long b = first; b <= last; b++)
                             {
-                                failed[b] = true;
-                                long start = b * map.BlockSize;
-                                errors.Enqueue($"block {b} (bytes {start}-{start + map.LengthOf(b) - 1}): {problem}");
+                                if (targets.Any(t => !t.Holds(b, entries[b])) && Interlocked.Exchange(ref failed[b], 1) == 0)
+                                {
+                                    long start = b * map.BlockSize;
+                                    errors.Enqueue($"block {b} (bytes {start}-{start + map.LengthOf(b) - 1}): {problem}");
+                                }
                             }
                         }
                         else
@@ -175,7 +180,7 @@ public sealed class ImageRestore(Repository.Repository repo, ImageRestoreOptions
                 }
                 finally
                 {
-                    if (plaintext is not null)
+                    if (plaintext is not null && pooled)
                     {
                         BufferPool.Large.Return(plaintext);
                     }
@@ -187,7 +192,7 @@ public sealed class ImageRestore(Repository.Repository repo, ImageRestoreOptions
                     {
                         // The blob was authenticated when it was decrypted; the block's checksum is checked on what each
                         // target reads back, which proves both that the chunks hold the block and that the target holds it.
-                        if (!Volatile.Read(ref failed[b]))
+                        if (Volatile.Read(ref failed[b]) == 0)
                         {
                             Interlocked.Add(ref verified, Verify(b, entries[b], map, targets, errors));
                         }
@@ -310,6 +315,60 @@ public sealed class ImageRestore(Repository.Repository repo, ImageRestoreOptions
 
         notes.Add($"{target}: holds snapshot {found.Snapshot[..8]} (its changed-block map validates); only blocks that differ are written");
         return (held, found.UnusedAreZero);
+    }
+
+    /// <summary>
+    /// Decoded storage chunks for a restore. A chunk that one placement uses is read into a pooled buffer that its
+    /// worker returns. A chunk that several placements use (an earlier chunk kept around changed blocks, or a copy
+    /// found elsewhere in the image) is decoded once while it is among the last few asked for, not once per placement.
+    /// </summary>
+    private sealed class SharedChunks
+    {
+        private const int Kept = 16;
+        private readonly Repository.Repository _repo;
+        private readonly HashSet<ObjectId> _shared;
+        private readonly List<(ObjectId Id, Task<byte[]> Data)> _recent = [];
+        private readonly Lock _lock = new();
+
+        public SharedChunks(Repository.Repository repo, Placement[] placements)
+        {
+            _repo = repo;
+            _shared = placements.GroupBy(p => p.Id).Where(g => g.Skip(1).Any()).Select(g => g.Key).ToHashSet();
+        }
+
+        /// <summary>The chunk's bytes, their length, and whether the buffer is pooled (and must be returned to <see cref="BufferPool.Large"/>).</summary>
+        public async Task<(byte[] Buffer, int Length, bool Pooled)> GetAsync(ObjectId id, CancellationToken ct)
+        {
+            if (!_shared.Contains(id))
+            {
+                var (buffer, length) = await _repo.ReadBlobPooledAsync(id, ct).ConfigureAwait(false);
+                return (buffer, length, true);
+            }
+
+            Task<byte[]> read;
+            lock (_lock)
+            {
+                int at = _recent.FindIndex(r => r.Id == id);
+                if (at >= 0)
+                {
+                    read = _recent[at].Data;
+                    _recent.RemoveAt(at);
+                }
+                else
+                {
+                    read = _repo.ReadBlobAsync(id, CancellationToken.None);
+                    if (_recent.Count == Kept)
+                    {
+                        _recent.RemoveAt(0);
+                    }
+                }
+
+                _recent.Add((id, read));
+            }
+
+            var data = await read.WaitAsync(ct).ConfigureAwait(false);
+            return (data, data.Length, false);
+        }
     }
 
     private static bool IsMounted(string real) => MountedDevices().Contains(real) || SourceFreeze.MountPointOf(real) is not null;

@@ -1,3 +1,4 @@
+using System.Buffers.Binary;
 using System.IO.Hashing;
 using System.Security.Cryptography;
 using System.Text;
@@ -23,7 +24,7 @@ public sealed class StorageChunks
     public StorageChunks(byte[] chunkerKey)
     {
         var derived = HMACSHA256.HashData(chunkerKey, Encoding.ASCII.GetBytes("haven image units v1"));
-        _seed = BitConverter.ToInt64(derived, 0);
+        _seed = BinaryPrimitives.ReadInt64LittleEndian(derived);
     }
 
     /// <summary>Whether a chunk that ends with <paramref name="unit"/>, its <paramref name="units"/>-th unit, is cut there.</summary>

@@ -121,6 +121,28 @@ public sealed class ImageTests
     }
 
     [Fact]
+    public void ALaterBackupWithoutABlockSize_KeepsTheSourcesBlockSize_AndStoresOnlyTheChangedBlock()
+    {
+        using var cli = new HavenCli();
+        cli.Expect(0, "init");
+        string disk = Path.Combine(cli.Root, "raw.img");
+        var bytes = TestData.Bytes(2 << 20, seed: 9);
+        File.WriteAllBytes(disk, bytes);
+        cli.Expect(0, "image", "backup", disk, "--block-size", "16K");
+
+        bytes[(1 << 20) + 5] ^= 0xFF; // one byte of block 64
+        File.WriteAllBytes(disk, bytes);
+        var second = cli.Expect(0, "image", "backup", disk, "--json").Json;
+        Assert.Equal(16384, (int)second["image"]!["block_size"]!);
+        Assert.Equal(1L, (long)second["image"]!["blocks_changed"]!);
+        Assert.InRange((long)second["bytes_added"]!, 16384, 16384 + 20_000); // the block, and the map
+
+        string restored = Path.Combine(cli.Root, "restored.img");
+        cli.Expect(0, "image", "restore", "latest", "--target", restored);
+        Assert.Equal(bytes, File.ReadAllBytes(restored));
+    }
+
+    [Fact]
     public void AMultiTargetRestore_WritesIdenticalTargets_ADamagedChunkIsNamed_AndAWrongPasswordWritesNothing()
     {
         using var cli = new HavenCli();

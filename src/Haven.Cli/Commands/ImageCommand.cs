@@ -46,7 +46,7 @@ public static class ImageCommand
         {
             var p = ctx.Parse;
             string path = Path.GetFullPath(p.GetValue(source)!);
-            int size = p.GetValue(blockSize) is { } b ? CheckedBlockSize(Units.ParseSize(b, "--block-size")) : ImageBackupOptions.DefaultBlockSize;
+            int? size = p.GetValue(blockSize) is { } b ? CheckedBlockSize(Units.ParseSize(b, "--block-size")) : null;
             await using var repo = await ctx.OpenRepositoryAsync(loadIndex: true, ct);
             await using var repoLock = await ctx.LockAsync(repo, exclusive: false, "image backup", ct);
             var backup = new ImageBackup(repo, new ImageBackupOptions
