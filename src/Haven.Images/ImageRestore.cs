@@ -137,7 +137,6 @@ public sealed class ImageRestore(Repository.Repository repo, ImageRestoreOptions
                 }
 
                 byte[]? plaintext = null;
-                bool pooled = false;
                 try
                 {
                     if (writes.Count > 0)
@@ -145,7 +144,7 @@ public sealed class ImageRestore(Repository.Repository repo, ImageRestoreOptions
                         string? problem = null;
                         try
                         {
-                            (plaintext, int plainLength, pooled) = await chunks.GetAsync(p.Id, token).ConfigureAwait(false);
+                            (plaintext, int plainLength) = await chunks.GetAsync(p.Id, token).ConfigureAwait(false);
                             if (plainLength < (long)p.Skip + p.Length)
                             {
                                 problem = $"chunk {p.Id.Short} holds {plainLength} bytes, fewer than the {p.Skip + p.Length} its placement needs";
@@ -180,9 +179,9 @@ public sealed class ImageRestore(Repository.Repository repo, ImageRestoreOptions
                 }
                 finally
                 {
-                    if (plaintext is not null && pooled)
+                    if (plaintext is not null)
                     {
-                        BufferPool.Large.Return(plaintext);
+                        chunks.Release(plaintext);
                     }
                 }
 
@@ -318,16 +317,17 @@ public sealed class ImageRestore(Repository.Repository repo, ImageRestoreOptions
     }
 
     /// <summary>
-    /// Decoded storage chunks for a restore. A chunk that one placement uses is read into a pooled buffer that its
-    /// worker returns. A chunk that several placements use (an earlier chunk kept around changed blocks, or a copy
-    /// found elsewhere in the image) is decoded once while it is among the last few asked for, not once per placement.
+    /// Decoded storage chunks for a restore, in pooled buffers. A chunk that one placement uses is read for it and
+    /// returned after it. A chunk that several placements use (an earlier chunk kept around changed blocks, or a copy
+    /// found elsewhere in the image) is decoded once while it is among the last few asked for: its buffer goes back to
+    /// the pool when it has left that list and its last user is done.
     /// </summary>
     private sealed class SharedChunks
     {
-        private const int Kept = 16;
+        private const int Kept = 8;
         private readonly Repository.Repository _repo;
         private readonly HashSet<ObjectId> _shared;
-        private readonly List<(ObjectId Id, Task<byte[]> Data)> _recent = [];
+        private readonly List<Entry> _recent = [];
         private readonly Lock _lock = new();
 
         public SharedChunks(Repository.Repository repo, Placement[] placements)
@@ -336,38 +336,113 @@ public sealed class ImageRestore(Repository.Repository repo, ImageRestoreOptions
             _shared = placements.GroupBy(p => p.Id).Where(g => g.Skip(1).Any()).Select(g => g.Key).ToHashSet();
         }
 
-        /// <summary>The chunk's bytes, their length, and whether the buffer is pooled (and must be returned to <see cref="BufferPool.Large"/>).</summary>
-        public async Task<(byte[] Buffer, int Length, bool Pooled)> GetAsync(ObjectId id, CancellationToken ct)
+        private sealed class Entry(ObjectId id, Task<(byte[] Buffer, int Length)> read)
+        {
+            public ObjectId Id { get; } = id;
+
+            public Task<(byte[] Buffer, int Length)> Read { get; } = read;
+
+            public int Users { get; set; }
+
+            public bool Evicted { get; set; }
+        }
+
+        /// <summary>The chunk's bytes and their length; give the buffer back through <see cref="Release"/>.</summary>
+        public async Task<(byte[] Buffer, int Length)> GetAsync(ObjectId id, CancellationToken ct)
         {
             if (!_shared.Contains(id))
             {
-                var (buffer, length) = await _repo.ReadBlobPooledAsync(id, ct).ConfigureAwait(false);
-                return (buffer, length, true);
+                return await _repo.ReadBlobPooledAsync(id, ct).ConfigureAwait(false);
             }
 
-            Task<byte[]> read;
+            Entry entry;
             lock (_lock)
             {
                 int at = _recent.FindIndex(r => r.Id == id);
                 if (at >= 0)
                 {
-                    read = _recent[at].Data;
+                    entry = _recent[at];
                     _recent.RemoveAt(at);
                 }
                 else
                 {
-                    read = _repo.ReadBlobAsync(id, CancellationToken.None);
+                    entry = new Entry(id, _repo.ReadBlobPooledAsync(id, CancellationToken.None));
                     if (_recent.Count == Kept)
                     {
+                        Evict(_recent[0]);
                         _recent.RemoveAt(0);
                     }
                 }
 
-                _recent.Add((id, read));
+                entry.Users++;
+                _recent.Add(entry);
             }
 
-            var data = await read.WaitAsync(ct).ConfigureAwait(false);
-            return (data, data.Length, false);
+            try
+            {
+                return await entry.Read.WaitAsync(ct).ConfigureAwait(false);
+            }
+            catch
+            {
+                lock (_lock)
+                {
+                    Done(entry);
+                }
+
+                throw;
+            }
+        }
+
+        /// <summary>Ends one use of a buffer that <see cref="GetAsync"/> gave.</summary>
+        public void Release(byte[] buffer)
+        {
+            lock (_lock)
+            {
+                var entry = _recent.Find(Holds) ?? _evicted.Find(Holds);
+                if (entry is null)
+                {
+                    BufferPool.Large.Return(buffer); // a chunk of one placement
+                }
+                else
+                {
+                    Done(entry);
+                }
+            }
+
+            bool Holds(Entry e) => e.Read.IsCompletedSuccessfully && ReferenceEquals(e.Read.Result.Buffer, buffer);
+        }
+
+        private void Done(Entry entry)
+        {
+            entry.Users--;
+            if (entry.Users == 0 && entry.Evicted)
+            {
+                _evicted.Remove(entry);
+                Free(entry);
+            }
+        }
+
+        private readonly List<Entry> _evicted = [];
+
+        private void Evict(Entry entry)
+        {
+            entry.Evicted = true;
+            if (entry.Users == 0)
+            {
+                Free(entry);
+            }
+            else
+            {
+                _evicted.Add(entry);
+            }
+        }
+
+        private static void Free(Entry entry)
+        {
+            if (entry.Read.IsCompletedSuccessfully)
+            {
+                BufferPool.Large.Return(entry.Read.Result.Buffer);
+            }
         }
     }
 
