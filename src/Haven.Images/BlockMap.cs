@@ -32,6 +32,13 @@ public readonly record struct GenerationRecord(uint Generation, long BlocksChang
 public readonly record struct Placement(long Offset, int Length, int Skip, ObjectId Id)
 {
     public long End => Offset + Length;
+
+    /// <summary>The part of this placement within the image's bytes [<paramref name="from"/>, <paramref name="to"/>), which it must overlap.</summary>
+    public Placement Clip(long from, long to)
+    {
+        long start = Math.Max(Offset, from), end = Math.Min(End, to);
+        return new Placement(start, (int)(end - start), Skip + (int)(start - Offset), Id);
+    }
 }
 
 /// <summary>
@@ -92,7 +99,13 @@ public sealed class BlockMap
     public static long BlockCount(long imageSize, int blockSize) => (imageSize + blockSize - 1) / blockSize;
 
     /// <summary>Bytes of block <paramref name="index"/> (the last block may be short).</summary>
-    public int LengthOf(long index) => (int)Math.Min(BlockSize, ImageSize - (index * BlockSize));
+    public int LengthOf(long index) => LengthOf(ImageSize, BlockSize, index);
+
+    /// <summary>Bytes of block <paramref name="index"/> of an image of <paramref name="imageSize"/> bytes.</summary>
+    public static int LengthOf(long imageSize, int blockSize, long index) => (int)Math.Min(blockSize, imageSize - (index * blockSize));
+
+    /// <summary>The first and last blocks that <paramref name="p"/> holds bytes of.</summary>
+    public (long First, long Last) BlocksOf(Placement p) => (p.Offset / BlockSize, (p.End - 1) / BlockSize);
 
     /// <summary>The distinct blobs of the placements, in order of first use.</summary>
     public List<ObjectId> StoredBlobs()
@@ -129,7 +142,7 @@ public sealed class BlockMap
         {
             if (entries[i].Kind == BlockKind.Data)
             {
-                placements.Add(new Placement(i * blockSize, (int)Math.Min(blockSize, size - (i * blockSize)), 0, entries[i].Id));
+                placements.Add(new Placement(i * blockSize, LengthOf(size, blockSize, i), 0, entries[i].Id));
             }
         }
 
@@ -297,7 +310,7 @@ public sealed class BlockMap
                 throw Damaged(what, $"its placement at byte {p.Offset} overlaps another or lies outside the image");
             }
 
-            for (long b = p.Offset / blockSize; b * blockSize < p.End; b++)
+            for (long b = p.Offset / blockSize; b <= (p.End - 1) / blockSize; b++)
             {
                 if (entries[b].Kind != BlockKind.Data)
                 {
@@ -312,7 +325,7 @@ public sealed class BlockMap
         long data = 0;
         for (long b = 0; b < entries.LongLength; b++)
         {
-            data += entries[b].Kind == BlockKind.Data ? Math.Min(blockSize, size - (b * blockSize)) : 0;
+            data += entries[b].Kind == BlockKind.Data ? LengthOf(size, blockSize, b) : 0;
         }
 
         if (placed != data)

@@ -116,7 +116,7 @@ public sealed class ImageBackup(Repository.Repository repo, ImageBackupOptions o
             {
                 for (long i = 0; i < count; i++)
                 {
-                    entries[i] = Unchanged(comparable, i, (int)Math.Min(blockSize, size - (i * blockSize)), held.Entries[i] with { Generation = generation });
+                    entries[i] = Unchanged(comparable, i, held.LengthOf(i), held.Entries[i] with { Generation = generation });
                 }
 
                 Interlocked.Exchange(ref _blocksDone, count);
@@ -265,7 +265,7 @@ public sealed class ImageBackup(Repository.Repository repo, ImageBackupOptions o
             for (long i = 0; i < count; i++)
             {
                 long offset = i * blockSize;
-                int length = (int)Math.Min(blockSize, size - offset);
+                int length = BlockMap.LengthOf(size, blockSize, i);
                 if (holes is not null && !holes.HasData(offset, length))
                 {
                     entries[i] = Unchanged(comparable, i, length, new BlockEntry(BlockKind.Hole, ObjectId.Zero, generation));
@@ -374,13 +374,14 @@ public sealed class ImageBackup(Repository.Repository repo, ImageBackupOptions o
                     long i = block.Index;
                     entries[i] = Unchanged(comparable, i, block.Length, checksum is { } id ? new BlockEntry(BlockKind.Data, id, generation) : new BlockEntry(BlockKind.Zero, ObjectId.Zero, generation));
                     // A run of data blocks ends at a block that is not data or not read, and before a block kept as it was.
-                    if (last + 1 != i || checksum is null || Kept(reusable, entries, i, block.Length))
+                    bool skipped = checksum is null || Kept(reusable, entries, i, block.Length);
+                    if (last + 1 != i || skipped)
                     {
                         await CutAsync().ConfigureAwait(false);
                     }
 
                     last = i;
-                    if (checksum is null || Kept(reusable, entries, i, block.Length))
+                    if (skipped)
                     {
                         continue;
                     }
@@ -444,14 +445,14 @@ public sealed class ImageBackup(Repository.Repository repo, ImageBackupOptions o
     {
         for (long i = 0; i < entries.LongLength;)
         {
-            if (!Kept(previous, entries, i, (int)Math.Min(blockSize, size - (i * blockSize))))
+            if (!Kept(previous, entries, i, BlockMap.LengthOf(size, blockSize, i)))
             {
                 i++;
                 continue;
             }
 
             long from = i * blockSize;
-            while (i < entries.LongLength && Kept(previous, entries, i, (int)Math.Min(blockSize, size - (i * blockSize))))
+            while (i < entries.LongLength && Kept(previous, entries, i, BlockMap.LengthOf(size, blockSize, i)))
             {
                 i++;
             }
@@ -459,9 +460,7 @@ public sealed class ImageBackup(Repository.Repository repo, ImageBackupOptions o
             long to = Math.Min(size, i * blockSize);
             for (int k = previous.FirstPlacementEndingAfter(from); k < previous.Placements.Length && previous.Placements[k].Offset < to; k++)
             {
-                var p = previous.Placements[k];
-                long s = Math.Max(p.Offset, from), e = Math.Min(p.End, to);
-                yield return new Placement(s, (int)(e - s), p.Skip + (int)(s - p.Offset), p.Id);
+                yield return previous.Placements[k].Clip(from, to);
             }
         }
     }

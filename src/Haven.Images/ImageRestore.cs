@@ -69,7 +69,8 @@ public sealed class ImageRestore(Repository.Repository repo, ImageRestoreOptions
         var chunks = new SharedChunks(repo, map.Placements);
         foreach (var p in map.Placements)
         {
-            for (long b = p.Offset / map.BlockSize; b * map.BlockSize < p.End; b++)
+            var (first, last) = map.BlocksOf(p);
+            for (long b = first; b <= last; b++)
             {
                 pending[b]++;
             }
@@ -112,9 +113,9 @@ public sealed class ImageRestore(Repository.Repository repo, ImageRestoreOptions
             await Parallel.ForAsync(0, map.Placements.Length, parallel, async (n, token) =>
             {
                 var p = map.Placements[n];
-                long first = p.Offset / map.BlockSize, last = (p.End - 1) / map.BlockSize;
+                var (first, last) = map.BlocksOf(p);
                 // Each target writes the bytes of the blocks it does not hold already, in as few writes as it can.
-                var writes = new List<(Target Target, long From, long To)>();
+                var writes = new List<(Target Target, Placement Piece)>();
                 foreach (var t in targets)
                 {
                     for (long b = first; b <= last; b++)
@@ -124,14 +125,15 @@ public sealed class ImageRestore(Repository.Repository repo, ImageRestoreOptions
                             continue;
                         }
 
-                        long from = Math.Max(p.Offset, b * map.BlockSize), to = Math.Min(p.End, (b * map.BlockSize) + map.LengthOf(b));
-                        if (writes.Count > 0 && writes[^1].Target == t && writes[^1].To == from)
+                        var piece = p.Clip(b * map.BlockSize, (b * map.BlockSize) + map.LengthOf(b));
+                        if (writes.Count > 0 && writes[^1].Target == t && writes[^1].Piece.End == piece.Offset)
                         {
-                            writes[^1] = (t, writes[^1].From, to);
+                            piece = p.Clip(writes[^1].Piece.Offset, piece.End);
+                            writes[^1] = (t, piece);
                         }
                         else
                         {
-                            writes.Add((t, from, to));
+                            writes.Add((t, piece));
                         }
                     }
                 }
@@ -169,10 +171,10 @@ public sealed class ImageRestore(Repository.Repository repo, ImageRestoreOptions
                         }
                         else
                         {
-                            foreach (var (t, from, to) in writes)
+                            foreach (var (t, piece) in writes)
                             {
-                                Posix.PWriteAll(t.Handle, plaintext.AsSpan(p.Skip + (int)(from - p.Offset), (int)(to - from)), from);
-                                Interlocked.Add(ref _bytesWritten, to - from);
+                                Posix.PWriteAll(t.Handle, plaintext.AsSpan(piece.Skip, piece.Length), piece.Offset);
+                                Interlocked.Add(ref _bytesWritten, piece.Length);
                             }
                         }
                     }
@@ -328,6 +330,9 @@ public sealed class ImageRestore(Repository.Repository repo, ImageRestoreOptions
         private readonly Repository.Repository _repo;
         private readonly HashSet<ObjectId> _shared;
         private readonly List<Entry> _recent = [];
+
+        /// <summary>Entries that left <see cref="_recent"/> while a worker still used their buffer.</summary>
+        private readonly List<Entry> _evicted = [];
         private readonly Lock _lock = new();
 
         public SharedChunks(Repository.Repository repo, Placement[] placements)
@@ -421,8 +426,6 @@ public sealed class ImageRestore(Repository.Repository repo, ImageRestoreOptions
                 Free(entry);
             }
         }
-
-        private readonly List<Entry> _evicted = [];
 
         private void Evict(Entry entry)
         {

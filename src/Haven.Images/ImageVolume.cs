@@ -146,13 +146,13 @@ public sealed class ImageVolume : IDisposable
         {
             var p = _map.Placements[k];
             var chunk = await ChunkAsync(p.Id, ct).ConfigureAwait(false);
-            long from = Math.Max(p.Offset, start), to = Math.Min(p.End, start + data.Length);
             if (chunk.Length < (long)p.Skip + p.Length)
             {
                 throw new HavenException(ErrorCode.Corrupt, $"block {index}: chunk {p.Id.Short} holds {chunk.Length} bytes, fewer than its placement needs");
             }
 
-            chunk.AsSpan(p.Skip + (int)(from - p.Offset), (int)(to - from)).CopyTo(data.AsSpan((int)(from - start)));
+            var piece = p.Clip(start, start + data.Length);
+            chunk.AsSpan(piece.Skip, piece.Length).CopyTo(data.AsSpan((int)(piece.Offset - start)));
         }
 
         if (_repo.Key.BlobId(data) != entry.Id)
