@@ -11,6 +11,7 @@ internal sealed record Ext4Superblock(
     int ReservedGdtBlocks, int DescriptorSize, uint Incompat, uint RoCompat)
 {
     public const uint IncompatMetaBg = 0x10;
+    public const uint IncompatExtents = 0x40;
     public const uint Incompat64Bit = 0x80;
     public const uint RoCompatSparseSuper = 0x1;
 

@@ -107,6 +107,7 @@ public sealed class ImageBackup(Repository.Repository repo, ImageBackupOptions o
         var holes = regular && held is null ? DataExtents.Of(source, size) : null;
         var (tableKind, partitions) = PartitionTable.Read(source, size);
         var free = held is null ? FreeRanges.Find(source, size, partitions) : FreeRanges.None;
+        var files = held is null ? FileBoundaries.Find(source, size, partitions) : FileBoundaries.None;
 
         _writer = new BlobWriter(repo, options.Writer);
         try
@@ -124,7 +125,7 @@ public sealed class ImageBackup(Repository.Repository repo, ImageBackupOptions o
             }
             else
             {
-                placements = await ReadAndStoreAsync(source, size, blockSize, holes, free, entries, comparable, generation, ct).ConfigureAwait(false);
+                placements = await ReadAndStoreAsync(source, size, blockSize, holes, free, files, entries, comparable, generation, ct).ConfigureAwait(false);
             }
 
             freeze.Dispose();
@@ -245,7 +246,7 @@ public sealed class ImageBackup(Repository.Repository repo, ImageBackupOptions o
     /// block (same checksum as in the previous snapshot) is not stored again: its bytes keep the previous snapshot's
     /// placements, sliced where a placement also held changed bytes. Returns the placements, sorted.
     /// </summary>
-    private async Task<Placement[]> ReadAndStoreAsync(SafeFileHandle source, long size, int blockSize, DataExtents? holes, FreeRanges free,
+    private async Task<Placement[]> ReadAndStoreAsync(SafeFileHandle source, long size, int blockSize, DataExtents? holes, FreeRanges free, FileBoundaries files,
         BlockEntry[] entries, BlockMap? comparable, uint generation, CancellationToken ct)
     {
         // The previous placements are reused only when every blob they name is in the repository.
@@ -256,7 +257,7 @@ public sealed class ImageBackup(Repository.Repository repo, ImageBackupOptions o
         var blocks = Channel.CreateBounded<ReadBlock>(Math.Clamp((64 << 20) / blockSize, 2, options.Workers * 4));
         var chunks = Channel.CreateBounded<(PendingChunk Chunk, byte[] Buffer)>(options.Workers * 2);
         var cut = new List<PendingChunk>();
-        var sequencer = Task.Run(() => Stage(failed, () => SequenceAsync(blocks.Reader, chunks.Writer, entries, comparable, reusable, generation, blockSize, cut, token)), token);
+        var sequencer = Task.Run(() => Stage(failed, () => SequenceAsync(blocks.Reader, chunks.Writer, entries, comparable, reusable, generation, blockSize, files, cut, token)), token);
         var workers = Enumerable.Range(0, options.Workers).Select(_ => Task.Run(() => Stage(failed, () => StoreChunksAsync(chunks.Reader, token)), token)).ToList();
         Exception? readFailure = null;
         try
@@ -344,7 +345,7 @@ public sealed class ImageBackup(Repository.Repository repo, ImageBackupOptions o
         && previous.Entries[index] is { Kind: BlockKind.Data } old && old.Id == entries[index].Id;
 
     private async Task SequenceAsync(ChannelReader<ReadBlock> blocks, ChannelWriter<(PendingChunk, byte[])> chunks, BlockEntry[] entries, BlockMap? comparable,
-        BlockMap? reusable, uint generation, int blockSize, List<PendingChunk> cut, CancellationToken ct)
+        BlockMap? reusable, uint generation, int blockSize, FileBoundaries files, List<PendingChunk> cut, CancellationToken ct)
     {
         var cutter = new StorageChunks(repo.Key.ChunkerKey);
         byte[]? buffer = null;
@@ -388,6 +389,11 @@ public sealed class ImageBackup(Repository.Repository repo, ImageBackupOptions o
 
                     for (int at = 0; at < block.Length; at += BlockMap.Unit)
                     {
+                        if (filled > 0 && files.At((i * blockSize) + at))
+                        {
+                            await CutAsync().ConfigureAwait(false); // a file starts or ends here
+                        }
+
                         var unit = block.Buffer.AsSpan(at, Math.Min(BlockMap.Unit, block.Length - at));
                         if (buffer is null)
                         {

@@ -121,6 +121,47 @@ public sealed class ImageTests
     }
 
     [Fact]
+    public void CopiesOfFilesInAnExt4Image_AreStoredOnce_ThoughOtherFilesLieBetweenThem()
+    {
+        using var cli = new HavenCli();
+        cli.Expect(0, "init");
+        string disk = Path.Combine(cli.Root, "disk.img");
+        Sh($"truncate -s 64M {disk} && mkfs.ext4 -q -F -b 4096 {disk}");
+        // Twelve files of 150-560 KiB of random bytes, each shorter than most content-defined chunks, then small files
+        // of other random bytes, then the twelve again in another folder: the copies start at unrelated offsets.
+        string originals = Path.Combine(cli.Root, "originals");
+        Directory.CreateDirectory(originals);
+        long unique = 0;
+        for (int i = 0; i < 12; i++)
+        {
+            var bytes = TestData.Bytes((150 << 10) + (i * 37 << 10) + (i * 777), seed: 100 + i);
+            File.WriteAllBytes(Path.Combine(originals, $"f{i:D2}.bin"), bytes);
+            unique += bytes.Length;
+        }
+
+        string fillers = Path.Combine(cli.Root, "fillers");
+        Directory.CreateDirectory(fillers);
+        for (int i = 0; i < 12; i++)
+        {
+            File.WriteAllBytes(Path.Combine(fillers, $"g{i:D2}.bin"), TestData.Bytes(5000 + (i * 3001), seed: 200 + i));
+        }
+
+        // The copies go in reverse order, each followed by a filler, so that no run of them repeats the originals' run.
+        string copies = string.Join(" && ", Enumerable.Range(0, 12).Reverse().Select(i => $"cp {originals}/f{i:D2}.bin {{0}}/c/ && cp {fillers}/g{i:D2}.bin {{0}}/c/h{i:D2}.bin && sync"));
+        WithMount(cli, disk, mount => Sh($"cp -a {originals} {mount}/a && sync && cp -a {fillers} {mount}/b && mkdir {mount}/c && sync && " + string.Format(copies, mount)));
+        var backup = cli.Expect(0, "image", "backup", disk, "--json").Json;
+        // Stored once (random bytes do not compress), with the fillers and the metadata: 5.1 MB, where chunks cut by
+        // content alone store 9.3 MB.
+        long stored = (long)backup["bytes_stored"]!;
+        Assert.InRange(stored, unique, unique + (unique / 5));
+
+        string restored = Path.Combine(cli.Root, "restored.img");
+        cli.Expect(0, "image", "restore", "latest", "--target", restored);
+        Sh($"e2fsck -fn {restored}");
+        WithMount(cli, restored, m => Sh($"cmp -s {m}/a/f07.bin {m}/c/f07.bin && cmp -s {originals}/f07.bin {m}/c/f07.bin"), readOnly: true);
+    }
+
+    [Fact]
     public void ALaterBackupWithoutABlockSize_KeepsTheSourcesBlockSize_AndStoresOnlyTheChangedBlock()
     {
         using var cli = new HavenCli();
