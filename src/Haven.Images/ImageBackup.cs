@@ -33,6 +33,12 @@ public sealed record ImageBackupOptions
     /// <summary>Freeze a mounted source's filesystem while it is read, when that is safe (see <see cref="SourceFreeze"/>).</summary>
     public bool Freeze { get; init; } = true;
 
+    /// <summary>Read an LVM logical volume that is in use from a snapshot of it (see <see cref="LvmSnapshot"/>) rather than freezing it.</summary>
+    public bool LvmSnapshot { get; init; } = true;
+
+    /// <summary>The copy-on-write area of that snapshot; null: a tenth of the volume, at least 64 MiB.</summary>
+    public long? LvmSnapshotSize { get; init; }
+
     /// <summary>Folders this backup writes to (repository, cache, spool): a filesystem holding one is never frozen.</summary>
     public IReadOnlyList<string> WrittenPaths { get; init; } = [];
 
@@ -102,12 +108,33 @@ public sealed class ImageBackup(Repository.Repository repo, ImageBackupOptions o
         var stamp = options.Maps is not null && !mounted ? TargetStamp.Of(resolved) : null;
         var (held, heldUnusedAreZero) = stamp is null ? (null, false) : await HeldAsync(resolved, size, blockSize, notes, ct).ConfigureAwait(false);
 
-        // Frozen (when it is mounted and that is safe) before its free-block map is read, and thawed once read.
-        var freeze = SourceFreeze.Begin(resolved, options.Freeze, options.WrittenPaths);
+        // A logical volume in use is read from an LVM snapshot; otherwise a mounted source is frozen (when that is
+        // safe) before its free-block map is read, and thawed once read.
+        using var lvm = held is null && !regular && options.LvmSnapshot ? Images.LvmSnapshot.TryBegin(resolved, mounted, options.LvmSnapshotSize, notes) : null;
+        using var fromSnapshot = lvm is null ? null : OpenSource(lvm.Device, out _, out _, out _);
+        var read = fromSnapshot ?? source;
+        var freeze = lvm is not null ? SourceFreeze.Snapshot : SourceFreeze.Begin(resolved, options.Freeze, options.WrittenPaths);
+        // A read error names the source, or says that the LVM snapshot filled up and was dropped.
+        T Reading<T>(Func<T> read)
+        {
+            try
+            {
+                return read();
+            }
+            catch (Exception e) when (e is HavenException or PosixException && lvm is not null && lvm.Invalid())
+            {
+                throw lvm.Dropped();
+            }
+            catch (PosixException e)
+            {
+                throw new HavenException(ErrorCode.Failed, $"cannot read {options.Source}: {PosixException.Describe(e.Errno)}");
+            }
+        }
+
         var holes = regular && held is null ? DataExtents.Of(source, size) : null;
-        var (tableKind, partitions) = PartitionTable.Read(source, size);
-        var free = held is null ? FreeRanges.Find(source, size, partitions) : FreeRanges.None;
-        var files = held is null ? FileBoundaries.Find(source, size, partitions) : FileBoundaries.None;
+        var (tableKind, partitions) = Reading(() => PartitionTable.Read(read, size));
+        var free = held is null ? Reading(() => FreeRanges.Find(read, size, partitions)) : FreeRanges.None;
+        var files = held is null ? Reading(() => FileBoundaries.Find(read, size, partitions)) : FileBoundaries.None;
 
         _writer = new BlobWriter(repo, options.Writer);
         try
@@ -125,10 +152,35 @@ public sealed class ImageBackup(Repository.Repository repo, ImageBackupOptions o
             }
             else
             {
-                placements = await ReadAndStoreAsync(source, size, blockSize, holes, free, files, entries, comparable, generation, ct).ConfigureAwait(false);
+                try
+                {
+                    placements = await ReadAndStoreAsync(read, size, blockSize, holes, free, files, entries, comparable, generation, ct).ConfigureAwait(false);
+                }
+                catch (Exception e) when (e is HavenException or PosixException && lvm is not null && lvm.Invalid())
+                {
+                    throw lvm.Dropped();
+                }
+
+                // The kernel fails every read once it drops a snapshot, but it may drop it after the last read.
+                if (lvm is not null && lvm.Invalid())
+                {
+                    throw lvm.Dropped();
+                }
             }
 
             freeze.Dispose();
+            var warnings = new List<string>();
+            if (freeze.Warning is { } w)
+            {
+                warnings.Add(w);
+            }
+
+            fromSnapshot?.Dispose(); // an open snapshot cannot be removed
+            if (lvm?.End() is { } notRemoved)
+            {
+                warnings.Add(notRemoved);
+            }
+
             long changed = entries.LongCount(e => e.Generation == generation);
             var history = (before?.History ?? []).Append(new GenerationRecord(generation, changed, start)).ToList();
             var map = new BlockMap(size, blockSize, generation, entries, history, placements);
@@ -188,7 +240,7 @@ public sealed class ImageBackup(Repository.Repository repo, ImageBackupOptions o
                 options.Maps!.Forget(resolved);
             }
 
-            return new ImageBackupResult(id, snapshot, map, previous?.Id, Interlocked.Read(ref _bytesRead), _writer.BytesAdded, _writer.BytesStored, freeze.Warning is { } w ? [w] : [], notes);
+            return new ImageBackupResult(id, snapshot, map, previous?.Id, Interlocked.Read(ref _bytesRead), _writer.BytesAdded, _writer.BytesStored, warnings, notes);
         }
         finally
         {

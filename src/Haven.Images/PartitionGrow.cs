@@ -203,7 +203,7 @@ public static class PartitionGrow
         string device = target;
         if (!whole)
         {
-            var (code, output) = Run("losetup", "--find", "--show", "--offset", start.ToString(System.Globalization.CultureInfo.InvariantCulture), "--sizelimit", length.ToString(System.Globalization.CultureInfo.InvariantCulture), target);
+            var (code, output) = Tool.Run("losetup", "--find", "--show", "--offset", start.ToString(System.Globalization.CultureInfo.InvariantCulture), "--sizelimit", length.ToString(System.Globalization.CultureInfo.InvariantCulture), target);
             if (code != 0)
             {
                 return $"the ext filesystem keeps its size: no loop device for it ({output.Trim()}); grow it with resize2fs";
@@ -215,49 +215,25 @@ public static class PartitionGrow
         try
         {
             // resize2fs wants a checked filesystem; -p repairs only what is safe (a journal to replay, counts).
-            var (fsck, fsckOutput) = Run("e2fsck", "-f", "-p", device);
+            var (fsck, fsckOutput) = Tool.Run("e2fsck", "-f", "-p", device);
             if (fsck is not (0 or 1))
             {
-                return $"the ext filesystem keeps its size: e2fsck found problems it would not repair alone (exit {fsck}): {LastLine(fsckOutput)}";
+                return $"the ext filesystem keeps its size: e2fsck found problems it would not repair alone (exit {fsck}): {Tool.LastLine(fsckOutput)}";
             }
 
-            var (resize, resizeOutput) = Run("resize2fs", device);
-            return resize == 0 ? $"ext filesystem grown to {Mib(length)}" : $"the ext filesystem keeps its size: resize2fs failed (exit {resize}): {LastLine(resizeOutput)}";
+            var (resize, resizeOutput) = Tool.Run("resize2fs", device);
+            return resize == 0 ? $"ext filesystem grown to {Mib(length)}" : $"the ext filesystem keeps its size: resize2fs failed (exit {resize}): {Tool.LastLine(resizeOutput)}";
         }
         finally
         {
             if (!whole)
             {
-                Run("losetup", "--detach", device);
+                Tool.Run("losetup", "--detach", device);
             }
         }
     }
 
     private static string Mib(long bytes) => $"{bytes / (1 << 20)} MiB";
-
-    private static string LastLine(string output) => output.Trim().Split('\n').LastOrDefault()?.Trim() ?? "";
-
-    private static (int Code, string Output) Run(string tool, params string[] args)
-    {
-        var psi = new ProcessStartInfo(tool) { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (string a in args)
-        {
-            psi.ArgumentList.Add(a);
-        }
-
-        try
-        {
-            using var process = Process.Start(psi)!;
-            var stderr = process.StandardError.ReadToEndAsync();
-            string stdout = process.StandardOutput.ReadToEnd();
-            process.WaitForExit();
-            return (process.ExitCode, stdout + stderr.GetAwaiter().GetResult());
-        }
-        catch (System.ComponentModel.Win32Exception e)
-        {
-            return (127, $"{tool} cannot be run: {e.Message}");
-        }
-    }
 
     private static uint HeaderCrc(byte[] header, int headerSize)
     {

@@ -19,11 +19,14 @@ public sealed class SourceFreeze : IDisposable
         Warning = warning;
     }
 
-    /// <summary>"frozen", "unmounted" (nothing could write it), or "crash-consistent".</summary>
+    /// <summary>"frozen", "unmounted" (nothing could write it), "lvm-snapshot", or "crash-consistent".</summary>
     public string Consistency { get; }
 
     /// <summary>Why the image is only crash-consistent, or null.</summary>
     public string? Warning { get; }
+
+    /// <summary>Nothing frozen: the source is read from an LVM snapshot (<see cref="LvmSnapshot"/>).</summary>
+    public static SourceFreeze Snapshot => new("lvm-snapshot", null, null);
 
     /// <summary>Freezes the filesystem mounted from <paramref name="source"/> if it may; see the class.</summary>
     public static SourceFreeze Begin(string source, bool allowed, IEnumerable<string> writtenPaths)

@@ -23,6 +23,8 @@ public static class ImageCommand
         var tags = new Option<string[]>("--tag") { Description = "Tag the snapshot (repeatable); every image snapshot also has the tag 'image'" };
         var host = new Option<string?>("--host") { Description = "Host name to record (default: this machine's name)" };
         var noFreeze = new Option<bool>("--no-freeze") { Description = "Do not freeze a mounted source's filesystem while it is read (the image is then crash-consistent)" };
+        var noSnapshot = new Option<bool>("--no-lvm-snapshot") { Description = "Do not read an LVM volume that is in use from a snapshot of it (it is then frozen, if mounted)" };
+        var snapshotSize = new Option<string?>("--lvm-snapshot-size") { Description = "Room in the volume group for changes made during the backup (default a tenth of the volume, at least 64M)" };
         var readAll = new Option<bool>("--read-all") { Description = "Read every used block, even when the source's changed-block map shows nothing wrote it since Haven last did" };
         Runner.RejectOptionLikeValues(source);
         var c = new Command("backup", """
@@ -31,9 +33,11 @@ public static class ImageCommand
             Blocks that are all zeros and holes of sparse files are neither read twice nor stored. Each block's
             checksum is compared with the previous image snapshot of the same source: only changed blocks are stored,
             and every block records the generation in which it last changed. Free blocks of ext2/3/4 filesystems are
-            not read. A mounted source's filesystem is frozen while it is read, unless it is the running system's
-            root or holds the repository, cache or spool; then the image is only crash-consistent, and a warning
-            says so. If a backup is killed while a filesystem is frozen, thaw it with fsfreeze -u MOUNTPOINT.
+            not read. An LVM logical volume that is mounted or open is read from a snapshot of it, made for the
+            backup and removed after it. Any other mounted source's filesystem is frozen while it is read, unless it
+            is the running system's root or holds the repository, cache or spool; then the image is only
+            crash-consistent, and a warning says so. If a backup is killed while a filesystem is frozen, thaw it
+            with fsfreeze -u MOUNTPOINT; a snapshot it left behind is removed by the next backup of the volume.
             A source that is not mounted and that nothing wrote since Haven last restored or backed it up (its
             changed-block map validates) is not read at all; --read-all reads it anyway.
             Exit codes: 0 snapshot saved; 16 the source does not exist; 2 bad usage; see 'haven --help'.
@@ -41,7 +45,7 @@ public static class ImageCommand
             Examples:
               haven image backup /dev/sdb
               haven image backup /var/lib/libvirt/images/vm1.img --tag vm1
-            """) { source, blockSize, tags, host, noFreeze, readAll };
+            """) { source, blockSize, tags, host, noFreeze, noSnapshot, snapshotSize, readAll };
         Runner.SetHandler(c, async (ctx, ct) =>
         {
             var p = ctx.Parse;
@@ -57,6 +61,8 @@ public static class ImageCommand
                 Tags = (p.GetValue(tags) ?? []).SelectMany(t => t.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)).ToList(),
                 Writer = new BlobWriterOptions { SpoolDirectory = ctx.SpoolDirectory },
                 Freeze = !p.GetValue(noFreeze),
+                LvmSnapshot = !p.GetValue(noSnapshot),
+                LvmSnapshotSize = p.GetValue(snapshotSize) is { } ss ? Units.ParseSize(ss, "--lvm-snapshot-size") : null,
                 WrittenPaths = [.. WrittenPaths(ctx)],
                 Maps = p.GetValue(readAll) ? null : MapsOf(repo),
             });

@@ -1,0 +1,180 @@
+using System.Globalization;
+using Haven.Core;
+using Haven.Core.Posix;
+
+namespace Haven.Images;
+
+/// <summary>
+/// A short-lived LVM snapshot of a logical volume that is in use (mounted, or held open by something else), so that an
+/// image backup reads one instant of it while writes go on. Creating the snapshot suspends the volume for a moment,
+/// and the kernel freezes a filesystem mounted on it meanwhile, so the snapshot is as consistent as a frozen
+/// filesystem; unlike a freeze, writers wait only for that moment, not for the whole backup. The snapshot's
+/// copy-on-write area takes free extents of the volume group (by default a tenth of the volume, at least 64 MiB, at
+/// most what is free) and is removed when the backup ends. If it fills before the backup is done, the kernel drops it
+/// and the backup fails with a message that says so. Snapshots that a killed backup left behind (named
+/// haven-PID-VOLUME, with no process PID any more) are removed the next time. Classic volumes only: thin volumes,
+/// snapshots and RAID or mirrored volumes are read as they are, frozen if mounted.
+/// </summary>
+public sealed class LvmSnapshot : IDisposable
+{
+    public const long MinimumSize = 64L << 20;
+
+    private string? _name;
+
+    private LvmSnapshot(string name, string device, string origin)
+    {
+        _name = name;
+        Device = device;
+        Origin = origin;
+    }
+
+    /// <summary>The snapshot's block device, which the backup reads.</summary>
+    public string Device { get; }
+
+    /// <summary>The logical volume, as VG/LV.</summary>
+    public string Origin { get; }
+
+    /// <summary>The snapshot, as VG/LV.</summary>
+    public string Name => _name ?? "";
+
+    /// <summary>
+    /// Takes a snapshot of the block device <paramref name="device"/> when it is a classic LVM logical volume
+    /// in use; null when it is not one, or not in use, or when the snapshot cannot be made (a note says why).
+    /// </summary>
+    public static LvmSnapshot? TryBegin(string device, bool mounted, long? size, List<string> notes)
+    {
+        string dm;
+        try
+        {
+            var stat = Posix.LStat(PosixPath.FromString(RealPath.Of(device)));
+            var (major, minor) = Posix.SplitDevice(stat.RDev);
+            dm = $"/sys/dev/block/{major}:{minor}/dm";
+            if (stat.Type != FileType.BlockDevice || !File.Exists($"{dm}/uuid") || !File.ReadAllText($"{dm}/uuid").StartsWith("LVM-", StringComparison.Ordinal))
+            {
+                return null;
+            }
+        }
+        catch (Exception e) when (e is PosixException or IOException or UnauthorizedAccessException)
+        {
+            return null;
+        }
+
+        var (code, output) = Tool.Run("dmsetup", "splitname", "--noheadings", "--separator", "/", "-o", "vg_name,lv_name", File.ReadAllText($"{dm}/name").Trim(), "LVM");
+        string[] names = output.Trim().Split('/');
+        if (code != 0 || names.Length < 2 || names[0].Length == 0 || names[1].Length == 0)
+        {
+            notes.Add($"{device} is an LVM volume, but its name could not be read ({Tool.LastLine(output)}); it is read without a snapshot");
+            return null;
+        }
+
+        string vg = names[0], lv = names[1], origin = $"{vg}/{lv}";
+        (code, output) = Tool.Run("lvs", "--noheadings", "--nosuffix", "--units", "b", "--separator", "|", "-o", "lv_attr,lv_size,vg_extent_size,vg_free_count", origin);
+        string[] fields = output.Trim().Split('|', StringSplitOptions.TrimEntries);
+        if (code != 0 || fields.Length < 4 || fields[0].Length < 6
+            || !long.TryParse(fields[1], CultureInfo.InvariantCulture, out long lvSize) || !long.TryParse(fields[2], CultureInfo.InvariantCulture, out long extent)
+            || !long.TryParse(fields[3], CultureInfo.InvariantCulture, out long freeExtents) || extent <= 0)
+        {
+            notes.Add($"{origin} is an LVM volume, but lvs could not describe it ({Tool.LastLine(output)}); it is read without a snapshot");
+            return null;
+        }
+
+        string attr = fields[0];
+        if (!mounted && attr[5] != 'o')
+        {
+            return null; // nothing holds it open: nothing writes it while it is read
+        }
+
+        if (attr[0] is not ('-' or 'o'))
+        {
+            notes.Add($"{origin} is not a classic LVM volume (lv_attr {attr}); it is read without an LVM snapshot");
+            return null;
+        }
+
+        RemoveLeftovers(vg, notes);
+        (code, output) = Tool.Run("vgs", "--noheadings", "-o", "vg_free_count", vg);
+        if (code == 0 && long.TryParse(output.Trim(), CultureInfo.InvariantCulture, out long nowFree))
+        {
+            freeExtents = nowFree;
+        }
+
+        long wanted = size ?? Math.Max(MinimumSize, lvSize / 10);
+        long extents = Math.Min(freeExtents, (wanted + extent - 1) / extent);
+        if (extents <= 0 || extents * extent < Math.Min(wanted, MinimumSize))
+        {
+            notes.Add($"volume group {vg} has {freeExtents * extent / (1 << 20)} MiB free, too little for a snapshot of {origin} ({wanted / (1 << 20)} MiB wanted); it is read without one");
+            return null;
+        }
+
+        string name = $"haven-{Environment.ProcessId}-{lv}";
+        name = name[..Math.Min(name.Length, 120)];
+        (code, output) = Tool.Run("lvcreate", "--quiet", "--yes", "--snapshot", "--name", name, "--extents", extents.ToString(CultureInfo.InvariantCulture), origin);
+        if (code != 0)
+        {
+            notes.Add($"an LVM snapshot of {origin} could not be made ({Tool.LastLine(output)}); it is read without one");
+            return null;
+        }
+
+        var snapshot = new LvmSnapshot($"{vg}/{name}", $"/dev/{vg}/{name}", origin);
+        for (int i = 0; i < 50 && !File.Exists(snapshot.Device); i++)
+        {
+            Thread.Sleep(100); // udev makes the link
+        }
+
+        if (!File.Exists(snapshot.Device))
+        {
+            snapshot.Dispose();
+            notes.Add($"the LVM snapshot of {origin} has no device {snapshot.Device}; it is read without one");
+            return null;
+        }
+
+        notes.Add($"read from LVM snapshot {snapshot.Name} of {origin} ({extents * extent / (1 << 20)} MiB for changes made meanwhile)");
+        return snapshot;
+    }
+
+    /// <summary>Whether the kernel dropped the snapshot because its copy-on-write area filled.</summary>
+    public bool Invalid()
+    {
+        var (code, output) = Tool.Run("lvs", "--noheadings", "-o", "lv_attr", Name);
+        string attr = output.Trim();
+        return code == 0 && attr.Length >= 5 && attr[4] is 'I' or 'S';
+    }
+
+    /// <summary>The error of a backup whose snapshot the kernel dropped (see <see cref="Invalid"/>).</summary>
+    public HavenException Dropped() => new(ErrorCode.Failed,
+        $"the LVM snapshot {Name} filled up with changes to {Origin} before the backup had read it all, and the kernel dropped it; no snapshot was saved",
+        "give a larger --lvm-snapshot-size, or back up when less is written");
+
+    /// <summary>Removes the snapshot; returns why that failed, or null.</summary>
+    public string? End()
+    {
+        if (Interlocked.Exchange(ref _name, null) is not { } name)
+        {
+            return null;
+        }
+
+        var (code, output) = Tool.Run("lvremove", "--quiet", "--force", name);
+        return code == 0 ? null : $"the LVM snapshot {name} could not be removed ({Tool.LastLine(output)}): remove it with lvremove {name}, or it keeps taking space in its volume group";
+    }
+
+    public void Dispose() => End();
+
+    /// <summary>Snapshots named haven-PID-… whose process is gone: left by a backup that was killed.</summary>
+    private static void RemoveLeftovers(string vg, List<string> notes)
+    {
+        var (code, output) = Tool.Run("lvs", "--noheadings", "-o", "lv_name", vg);
+        if (code != 0)
+        {
+            return;
+        }
+
+        foreach (string lv in output.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        {
+            var parts = lv.Split('-', 3);
+            if (parts.Length == 3 && parts[0] == "haven" && int.TryParse(parts[1], CultureInfo.InvariantCulture, out int pid) && pid != Environment.ProcessId
+                && !Directory.Exists($"/proc/{pid}") && Tool.Run("lvremove", "--quiet", "--force", $"{vg}/{lv}").Code == 0)
+            {
+                notes.Add($"removed {vg}/{lv}, an LVM snapshot that an interrupted backup left behind");
+            }
+        }
+    }
+}

@@ -1,0 +1,91 @@
+using System.Diagnostics;
+using System.Text.Json.Nodes;
+using Haven.Testing;
+using Xunit;
+
+namespace Haven.Cli.Tests;
+
+/// <summary>
+/// Image backups of a mounted LVM logical volume that is written while it is read. This machine's kernel has no
+/// device-mapper, so the test runs in a virtual machine (tests/vm/run.sh: qemu with Debian's kernel, this machine's
+/// root filesystem over 9p, a blank disk for the volume group) the haven binary of this test's output folder.
+/// </summary>
+public sealed class LvmSnapshotTests
+{
+    [Fact]
+    public async Task AMountedVolumeBeingWritten_IsReadFromASnapshot_ThatIsRemovedAfterwards_AndAFullSnapshotFailsTheBackup()
+    {
+        using var cli = new HavenCli();
+        string w = cli.Root;
+        string haven = HavenCli.Executable;
+        string dotnetRoot = Environment.GetEnvironmentVariable("DOTNET_ROOT") is { Length: > 0 } root ? $"export DOTNET_ROOT={root}" : "";
+        string script = Path.Combine(w, "guest.sh");
+        File.WriteAllText(script, $$"""
+            set -u
+            {{dotnetRoot}}
+            export HAVEN_PASSWORD_FILE={{cli.PasswordFile}} HAVEN_REPOSITORY={{cli.Repository}} HAVEN_CACHE_DIR=/run/cache
+            h={{haven}}
+            pvcreate -q /dev/vda && vgcreate -q vg0 /dev/vda && lvcreate -q -y -n data -L 192M vg0 || exit 10
+            mkfs.ext4 -q /dev/vg0/data && mkdir -p /run/d /run/r /run/src && mount /dev/vg0/data /run/d || exit 11
+            for i in 1 2 3 4 5 6 7 8; do head -c $((i * 1300000)) /dev/urandom > /run/src/f$i; done
+            cp /run/src/f* /run/d/ && sync
+            # What a backup killed earlier would have left: a snapshot named after a process that is gone.
+            lvcreate -q -y -s -n haven-999999-data -L 16M vg0/data || exit 12
+            $h init -q || exit 13
+            # Writes go on during the backups: 8 MiB rewritten in place, over and over.
+            ( while :; do dd if=/dev/urandom of=/run/d/busy bs=1M count=8 conv=notrunc oflag=direct status=none; done ) &
+            writer=$!
+            $h image backup /dev/vg0/data --json > {{w}}/backup.json; echo "backup=$?"
+            lvs --noheadings -o lv_name vg0 | tr -d ' ' > {{w}}/lvs-after.txt
+            # A copy-on-write area too small for the writes: the snapshot fills, and the backup must fail.
+            $h image backup /dev/vg0/data --lvm-snapshot-size 4M > {{w}}/small.out 2>&1; echo "small=$?"
+            lvs --noheadings -o lv_name vg0 | tr -d ' ' > {{w}}/lvs-after-small.txt
+            kill $writer; wait $writer 2>/dev/null
+            $h image restore latest --target {{w}}/restored.img > {{w}}/restore.out 2>&1; echo "restore=$?"
+            e2fsck -fn {{w}}/restored.img > {{w}}/fsck.out 2>&1; echo "fsck=$?"
+            mount -o loop,ro {{w}}/restored.img /run/r && for i in 1 2 3 4 5 6 7 8; do cmp /run/src/f$i /run/r/f$i || echo "differs: f$i"; done; ls -l /run/r/busy; umount /run/r
+            umount /run/d
+            """.Replace("\r", "", StringComparison.Ordinal));
+
+        var psi = new ProcessStartInfo("bash") { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (string a in new[] { Path.Combine(RepositoryRoot(), "tests", "vm", "run.sh"), script, "512" })
+        {
+            psi.ArgumentList.Add(a);
+        }
+
+        using var vm = Process.Start(psi)!;
+        var stderr = vm.StandardError.ReadToEndAsync();
+        string console = await vm.StandardOutput.ReadToEndAsync() + await stderr;
+        await vm.WaitForExitAsync();
+        Assert.True(vm.ExitCode == 0, $"the virtual machine's script failed (exit {vm.ExitCode}):\n{console}");
+
+        Assert.Contains("backup=0", console, StringComparison.Ordinal);
+        var backup = JsonNode.Parse(File.ReadAllText(Path.Combine(w, "backup.json")))!;
+        Assert.Equal("lvm-snapshot", (string)backup["image"]!["consistency"]!);
+        var notes = backup["notes"]!.AsArray().Select(n => (string)n!).ToList();
+        Assert.Contains(notes, n => n.StartsWith("read from LVM snapshot vg0/haven-", StringComparison.Ordinal));
+        Assert.Contains("removed vg0/haven-999999-data, an LVM snapshot that an interrupted backup left behind", notes);
+        Assert.Equal(["data"], File.ReadAllLines(Path.Combine(w, "lvs-after.txt")).Where(l => l.Length > 0));
+
+        Assert.Matches("small=[1-9]", console);
+        string small = File.ReadAllText(Path.Combine(w, "small.out"));
+        Assert.True(small.Contains("filled up with changes to vg0/data", StringComparison.Ordinal), small);
+        Assert.Equal(["data"], File.ReadAllLines(Path.Combine(w, "lvs-after-small.txt")).Where(l => l.Length > 0));
+
+        Assert.Contains("restore=0", console, StringComparison.Ordinal);
+        Assert.True(console.Contains("fsck=0", StringComparison.Ordinal), File.ReadAllText(Path.Combine(w, "fsck.out")));
+        Assert.DoesNotContain("differs", console, StringComparison.Ordinal);
+        Assert.Contains("/run/r/busy", console, StringComparison.Ordinal);
+    }
+
+    private static string RepositoryRoot()
+    {
+        var dir = new DirectoryInfo(AppContext.BaseDirectory);
+        while (dir is not null && !File.Exists(Path.Combine(dir.FullName, "Haven.slnx")))
+        {
+            dir = dir.Parent;
+        }
+
+        return dir?.FullName ?? throw new DirectoryNotFoundException("the repository root (Haven.slnx) is not above the test's folder");
+    }
+}
