@@ -65,7 +65,7 @@ public static class Ext4FileExtents
                 continue;
             }
 
-            long inodeTable = Field32Or64(gdt, at, 8, 40, descSize);
+            long inodeTable = Ext4FreeSpace.Field(gdt, at, 8, 40, descSize);
             long unused = countsUnused ? BinaryPrimitives.ReadUInt16LittleEndian(gdt.AsSpan(at + 28)) | (descSize >= 64 ? (long)BinaryPrimitives.ReadUInt16LittleEndian(gdt.AsSpan(at + 50)) << 16 : 0) : 0;
             long inUse = Math.Max(0, sb.InodesPerGroup - unused);
             if (inodeTable <= 0 || inodeTable >= blocks)
@@ -189,7 +189,4 @@ public static class Ext4FileExtents
 
         return true;
     }
-
-    private static long Field32Or64(byte[] gdt, int at, int lo, int hi, int descSize) =>
-        BinaryPrimitives.ReadUInt32LittleEndian(gdt.AsSpan(at + lo)) | (descSize >= 64 ? (long)BinaryPrimitives.ReadUInt32LittleEndian(gdt.AsSpan(at + hi)) << 32 : 0);
 }

@@ -116,7 +116,7 @@ public static class Ext4FreeSpace
     }
 
     /// <summary>A block number of a group descriptor: its low 32 bits, and with 64-byte descriptors its high 32 bits.</summary>
-    private static long Field(byte[] gdt, int at, int lo, int hi, int descSize) =>
+    internal static long Field(byte[] gdt, int at, int lo, int hi, int descSize) =>
         BinaryPrimitives.ReadUInt32LittleEndian(gdt.AsSpan(at + lo)) | (descSize >= 64 ? (long)BinaryPrimitives.ReadUInt32LittleEndian(gdt.AsSpan(at + hi)) << 32 : 0);
 
     /// <summary>With sparse_super, groups 0, 1 and powers of 3, 5 and 7 hold backups; without it, every group.</summary>
