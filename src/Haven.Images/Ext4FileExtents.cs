@@ -20,6 +20,9 @@ public static class Ext4FileExtents
     private const uint ExtentsFlag = 0x80000;
     private const uint InlineDataFlag = 0x10000000;
 
+    /// <summary>Extent-tree nodes read for one file at most (a file of 4 KiB blocks that needs more is fragmented beyond use).</summary>
+    private const int MaxNodesPerFile = 1024;
+
     /// <summary>At most this many offsets are kept (64 MiB); a filesystem with more has the rest cut by content.</summary>
     public const int MaxOffsets = 8 << 20;
 
@@ -30,6 +33,18 @@ public static class Ext4FileExtents
     /// </summary>
     public static long[]? Read(SafeFileHandle device, long offset, long length, long minBytes)
     {
+        try
+        {
+            return ReadOrThrow(device, offset, length, minBytes);
+        }
+        catch (PosixException)
+        {
+            return null; // the cuts are an optimisation: the blocks themselves are read, and their errors reported, later
+        }
+    }
+
+    private static long[]? ReadOrThrow(SafeFileHandle device, long offset, long length, long minBytes)
+    {
         var bytes = new byte[1024];
         if (length < 2048 || Posix.PRead(device, bytes, offset + 1024) != bytes.Length || Ext4Superblock.Parse(bytes) is not { } sb
             || (sb.Incompat & Ext4Superblock.IncompatMetaBg) != 0 || (sb.Incompat & Ext4Superblock.IncompatExtents) == 0)
@@ -37,14 +52,22 @@ public static class Ext4FileExtents
             return null;
         }
 
+        // Sizes a damaged or hostile superblock could give that would overflow or allocate without bound.
         long blockSize = sb.BlockSize, blocks = sb.Blocks, perGroup = sb.BlocksPerGroup;
-        if (blocks <= 0 || perGroup <= 0 || blocks * blockSize > length)
+        if (blocks <= 0 || blocks > length / blockSize || sb.FirstDataBlock >= blocks || perGroup != blockSize * 8
+            || sb.InodesPerGroup > blockSize * 8)
         {
             return null;
         }
 
         long groups = (blocks - sb.FirstDataBlock + perGroup - 1) / perGroup;
         int descSize = sb.DescriptorSize;
+        long inodeTableBlocks = ((sb.InodesPerGroup * sb.InodeSize) + blockSize - 1) / blockSize;
+        if (groups * descSize > 256L << 20)
+        {
+            return null;
+        }
+
         var gdt = new byte[groups * descSize];
         if (Posix.PRead(device, gdt, offset + ((sb.FirstDataBlock + 1) * blockSize)) != gdt.Length)
         {
@@ -68,7 +91,7 @@ public static class Ext4FileExtents
             long inodeTable = Ext4FreeSpace.Field(gdt, at, 8, 40, descSize);
             long unused = countsUnused ? BinaryPrimitives.ReadUInt16LittleEndian(gdt.AsSpan(at + 28)) | (descSize >= 64 ? (long)BinaryPrimitives.ReadUInt16LittleEndian(gdt.AsSpan(at + 50)) << 16 : 0) : 0;
             long inUse = Math.Max(0, sb.InodesPerGroup - unused);
-            if (inodeTable <= 0 || inodeTable >= blocks)
+            if (inodeTable <= 0 || inodeTable + inodeTableBlocks > blocks)
             {
                 return null;
             }
@@ -93,7 +116,8 @@ public static class Ext4FileExtents
                     }
 
                     runs.Clear();
-                    if (!Walk(device, offset, blockSize, blocks, inode.Slice(40, 60), runs, 0))
+                    int budget = MaxNodesPerFile;
+                    if (!Walk(device, offset, blockSize, blocks, inode.Slice(40, 60), runs, -1, ref budget))
                     {
                         continue; // a damaged tree: its blocks are cut by content
                     }
@@ -105,8 +129,23 @@ public static class Ext4FileExtents
             }
         }
 
+        return SortedDistinct(offsets);
+    }
+
+    /// <summary>The offsets sorted, each once, at most <see cref="MaxOffsets"/>.</summary>
+    internal static long[] SortedDistinct(List<long> offsets)
+    {
         offsets.Sort();
-        return offsets.Distinct().Take(MaxOffsets).ToArray();
+        int kept = 0;
+        for (int i = 0; i < offsets.Count && kept < MaxOffsets; i++)
+        {
+            if (kept == 0 || offsets[i] != offsets[kept - 1])
+            {
+                offsets[kept++] = offsets[i];
+            }
+        }
+
+        return offsets.GetRange(0, kept).ToArray();
     }
 
     /// <summary>The runs of a file's blocks that are contiguous both in the file and on the device, as offsets.</summary>
@@ -136,16 +175,23 @@ public static class Ext4FileExtents
     }
 
     /// <summary>Collects the initialised extents of one extent-tree node and its children; false when the tree is damaged.</summary>
-    private static bool Walk(SafeFileHandle device, long offset, long blockSize, long blocks, ReadOnlySpan<byte> header, List<(long, long, long)> runs, int level)
+    /// <remarks>
+    /// A node's depth must be one less than its parent's (<paramref name="parentDepth"/>, -1 for the inode's root), and
+    /// a file may have at most <see cref="MaxNodesPerFile"/> nodes read: a crafted tree whose entries point at each
+    /// other or at one node again ends there instead of being read without end.
+    /// </remarks>
+    private static bool Walk(SafeFileHandle device, long offset, long blockSize, long blocks, ReadOnlySpan<byte> header, List<(long, long, long)> runs,
+        int parentDepth, ref int budget)
     {
-        if (header.Length < 12 || BinaryPrimitives.ReadUInt16LittleEndian(header) != 0xF30A || level > 5)
+        if (header.Length < 12 || BinaryPrimitives.ReadUInt16LittleEndian(header) != 0xF30A)
         {
             return false;
         }
 
         int entries = BinaryPrimitives.ReadUInt16LittleEndian(header[2..]);
+        int max = BinaryPrimitives.ReadUInt16LittleEndian(header[4..]);
         int depth = BinaryPrimitives.ReadUInt16LittleEndian(header[6..]);
-        if (12 + (entries * 12) > header.Length)
+        if (entries > max || 12 + (entries * 12) > header.Length || depth > 5 || (parentDepth >= 0 && depth != parentDepth - 1))
         {
             return false;
         }
@@ -173,14 +219,14 @@ public static class Ext4FileExtents
             else
             {
                 long child = ((long)BinaryPrimitives.ReadUInt16LittleEndian(e[8..]) << 32) | BinaryPrimitives.ReadUInt32LittleEndian(e[4..]);
-                if (child <= 0 || child >= blocks)
+                if (child <= 0 || child >= blocks || --budget < 0)
                 {
                     return false;
                 }
 
                 // Trees deeper than the inode are rare (more than four extents): each node gets its own buffer.
                 var node = new byte[blockSize];
-                if (Posix.PRead(device, node, offset + (child * blockSize)) != node.Length || !Walk(device, offset, blockSize, blocks, node, runs, level + 1))
+                if (Posix.PRead(device, node, offset + (child * blockSize)) != node.Length || !Walk(device, offset, blockSize, blocks, node, runs, depth, ref budget))
                 {
                     return false;
                 }

@@ -26,7 +26,7 @@ public static class Ext4FreeSpace
 
         long blockSize = sb.BlockSize, blocks = sb.Blocks, firstDataBlock = sb.FirstDataBlock, perGroup = sb.BlocksPerGroup;
         int descSize = sb.DescriptorSize, reservedGdt = sb.ReservedGdtBlocks;
-        if (blocks <= 0 || perGroup != blockSize * 8 || blocks * blockSize > length)
+        if (blocks <= 0 || perGroup != blockSize * 8 || blocks > length / blockSize || firstDataBlock >= blocks)
         {
             return null;
         }

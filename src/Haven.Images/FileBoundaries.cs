@@ -37,8 +37,7 @@ public sealed class FileBoundaries
             all.AddRange(Ext4FileExtents.Read(source, p.Start, p.Length, MinBytes) ?? []);
         }
 
-        all.Sort();
-        return new FileBoundaries(all.Distinct().ToArray());
+        return new FileBoundaries(Ext4FileExtents.SortedDistinct(all));
     }
 
     /// <summary>Whether a file begins or ends at <paramref name="offset"/>.</summary>

@@ -110,8 +110,21 @@ public sealed class ImageBackup(Repository.Repository repo, ImageBackupOptions o
 
         // A logical volume in use is read from an LVM snapshot; otherwise a mounted source is frozen (when that is
         // safe) before its free-block map is read, and thawed once read.
-        using var lvm = held is null && !regular && options.LvmSnapshot ? Images.LvmSnapshot.TryBegin(resolved, mounted, options.LvmSnapshotSize, notes) : null;
-        using var fromSnapshot = lvm is null ? null : OpenSource(lvm.Device, out _, out _, out _);
+        var lvm = held is null && !regular && options.LvmSnapshot ? Images.LvmSnapshot.TryBegin(resolved, mounted, options.LvmSnapshotSize, notes) : null;
+        using var removeSnapshot = lvm;
+        SafeFileHandle? fromSnapshot = null;
+        try
+        {
+            fromSnapshot = lvm is null ? null : OpenSource(lvm.Device, out _, out _, out _);
+        }
+        catch (HavenException e)
+        {
+            notes.Add($"the LVM snapshot {lvm!.Name} could not be opened ({e.Message}); {options.Source} is read without it");
+            lvm.Dispose();
+            lvm = null;
+        }
+
+        using var closeSnapshot = fromSnapshot;
         var read = fromSnapshot ?? source;
         var freeze = lvm is not null ? SourceFreeze.Snapshot : SourceFreeze.Begin(resolved, options.Freeze, options.WrittenPaths);
         // A read error names the source, or says that the LVM snapshot filled up and was dropped.

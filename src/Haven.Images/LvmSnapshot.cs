@@ -11,13 +11,16 @@ namespace Haven.Images;
 /// filesystem; unlike a freeze, writers wait only for that moment, not for the whole backup. The snapshot's
 /// copy-on-write area takes free extents of the volume group (by default a tenth of the volume, at least 64 MiB, at
 /// most what is free) and is removed when the backup ends. If it fills before the backup is done, the kernel drops it
-/// and the backup fails with a message that says so. Snapshots that a killed backup left behind (named
-/// haven-PID-VOLUME, with no process PID any more) are removed the next time. Classic volumes only: thin volumes,
+/// and the backup fails with a message that says so. Snapshots that a killed backup left behind (tagged
+/// haven-image-backup and named haven-PID-VOLUME, with no process PID any more) are removed the next time. Classic volumes only: thin volumes,
 /// snapshots and RAID or mirrored volumes are read as they are, frozen if mounted.
 /// </summary>
 public sealed class LvmSnapshot : IDisposable
 {
     public const long MinimumSize = 64L << 20;
+
+    /// <summary>The LVM tag of the snapshots Haven makes: only snapshots with it are ever removed as leftovers.</summary>
+    public const string Tag = "haven-image-backup";
 
     private string? _name;
 
@@ -43,23 +46,32 @@ public sealed class LvmSnapshot : IDisposable
     /// </summary>
     public static LvmSnapshot? TryBegin(string device, bool mounted, long? size, List<string> notes)
     {
-        string dm;
+        string dmName;
         try
         {
             var stat = Posix.LStat(PosixPath.FromString(RealPath.Of(device)));
             var (major, minor) = Posix.SplitDevice(stat.RDev);
-            dm = $"/sys/dev/block/{major}:{minor}/dm";
+            string dm = $"/sys/dev/block/{major}:{minor}/dm";
             if (stat.Type != FileType.BlockDevice || !File.Exists($"{dm}/uuid") || !File.ReadAllText($"{dm}/uuid").StartsWith("LVM-", StringComparison.Ordinal))
             {
                 return null;
             }
+
+            dmName = File.ReadAllText($"{dm}/name").Trim();
         }
         catch (Exception e) when (e is PosixException or IOException or UnauthorizedAccessException)
         {
             return null;
         }
 
-        var (code, output) = Tool.Run("dmsetup", "splitname", "--noheadings", "--separator", "/", "-o", "vg_name,lv_name", File.ReadAllText($"{dm}/name").Trim(), "LVM");
+        // The backup holds the volume open itself: in use means mounted, or open more than once.
+        var (code, output) = Tool.Run("dmsetup", "info", "--columns", "--noheadings", "-o", "open", dmName);
+        if (!mounted && code == 0 && int.TryParse(output.Trim(), CultureInfo.InvariantCulture, out int opens) && opens <= 1)
+        {
+            return null; // nothing else holds it open: nothing writes it while it is read
+        }
+
+        (code, output) = Tool.Run("dmsetup", "splitname", "--noheadings", "--separator", "/", "-o", "vg_name,lv_name", dmName, "LVM");
         string[] names = output.Trim().Split('/');
         if (code != 0 || names.Length < 2 || names[0].Length == 0 || names[1].Length == 0)
         {
@@ -79,11 +91,6 @@ public sealed class LvmSnapshot : IDisposable
         }
 
         string attr = fields[0];
-        if (!mounted && attr[5] != 'o')
-        {
-            return null; // nothing holds it open: nothing writes it while it is read
-        }
-
         if (attr[0] is not ('-' or 'o'))
         {
             notes.Add($"{origin} is not a classic LVM volume (lv_attr {attr}); it is read without an LVM snapshot");
@@ -107,7 +114,7 @@ public sealed class LvmSnapshot : IDisposable
 
         string name = $"haven-{Environment.ProcessId}-{lv}";
         name = name[..Math.Min(name.Length, 120)];
-        (code, output) = Tool.Run("lvcreate", "--quiet", "--yes", "--snapshot", "--name", name, "--extents", extents.ToString(CultureInfo.InvariantCulture), origin);
+        (code, output) = Tool.Run("lvcreate", "--quiet", "--yes", "--snapshot", "--addtag", Tag, "--name", name, "--extents", extents.ToString(CultureInfo.InvariantCulture), origin);
         if (code != 0)
         {
             notes.Add($"an LVM snapshot of {origin} could not be made ({Tool.LastLine(output)}); it is read without one");
@@ -158,17 +165,27 @@ public sealed class LvmSnapshot : IDisposable
 
     public void Dispose() => End();
 
-    /// <summary>Snapshots named haven-PID-… whose process is gone: left by a backup that was killed.</summary>
+    /// <summary>
+    /// Snapshots with Haven's tag, named haven-PID-…, whose process is gone: left by a backup that was killed. A volume
+    /// that is no snapshot, or has no such tag, is never touched, whatever its name.
+    /// </summary>
     private static void RemoveLeftovers(string vg, List<string> notes)
     {
-        var (code, output) = Tool.Run("lvs", "--noheadings", "-o", "lv_name", vg);
+        var (code, output) = Tool.Run("lvs", "--noheadings", "--separator", "|", "-o", "lv_name,lv_attr,lv_tags", vg);
         if (code != 0)
         {
             return;
         }
 
-        foreach (string lv in output.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        foreach (string line in output.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
         {
+            var columns = line.Split('|', StringSplitOptions.TrimEntries);
+            if (columns.Length < 3 || columns[1].Length == 0 || columns[1][0] is not ('s' or 'S') || !columns[2].Split(',').Contains(Tag))
+            {
+                continue;
+            }
+
+            string lv = columns[0];
             var parts = lv.Split('-', 3);
             if (parts.Length == 3 && parts[0] == "haven" && int.TryParse(parts[1], CultureInfo.InvariantCulture, out int pid) && pid != Environment.ProcessId
                 && !Directory.Exists($"/proc/{pid}") && Tool.Run("lvremove", "--quiet", "--force", $"{vg}/{lv}").Code == 0)

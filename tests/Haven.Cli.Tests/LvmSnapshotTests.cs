@@ -13,7 +13,7 @@ namespace Haven.Cli.Tests;
 public sealed class LvmSnapshotTests
 {
     [Fact]
-    public async Task AMountedVolumeBeingWritten_IsReadFromASnapshot_ThatIsRemovedAfterwards_AndAFullSnapshotFailsTheBackup()
+    public async Task AMountedVolumeBeingWritten_IsReadFromASnapshot_ThatIsRemovedAfterwards_AFullSnapshotFailsTheBackup_AndAnIdleVolumeNeedsNone()
     {
         using var cli = new HavenCli();
         string w = cli.Root;
@@ -29,8 +29,10 @@ public sealed class LvmSnapshotTests
             mkfs.ext4 -q /dev/vg0/data && mkdir -p /run/d /run/r /run/src && mount /dev/vg0/data /run/d || exit 11
             for i in 1 2 3 4 5 6 7 8; do head -c $((i * 1300000)) /dev/urandom > /run/src/f$i; done
             cp /run/src/f* /run/d/ && sync
-            # What a backup killed earlier would have left: a snapshot named after a process that is gone.
-            lvcreate -q -y -s -n haven-999999-data -L 16M vg0/data || exit 12
+            # What a backup killed earlier would have left: a snapshot with Haven's tag, named after a process that is
+            # gone; and the user's own snapshot with such a name but no tag, which must stay.
+            lvcreate -q -y -s -n haven-999999-data --addtag haven-image-backup -L 16M vg0/data || exit 12
+            lvcreate -q -y -s -n haven-999998-mine -L 16M vg0/data || exit 12
             $h init -q || exit 13
             # Writes go on during the backups: 8 MiB rewritten in place, over and over.
             ( while :; do dd if=/dev/urandom of=/run/d/busy bs=1M count=8 conv=notrunc oflag=direct status=none; done ) &
@@ -44,7 +46,9 @@ public sealed class LvmSnapshotTests
             $h image restore latest --target {{w}}/restored.img > {{w}}/restore.out 2>&1; echo "restore=$?"
             e2fsck -fn {{w}}/restored.img > {{w}}/fsck.out 2>&1; echo "fsck=$?"
             mount -o loop,ro {{w}}/restored.img /run/r && for i in 1 2 3 4 5 6 7 8; do cmp /run/src/f$i /run/r/f$i || echo "differs: f$i"; done; ls -l /run/r/busy; umount /run/r
-            umount /run/d
+            umount /run/d && lvremove -q -f vg0/haven-999998-mine
+            # Neither mounted nor held open: read as it is, without a snapshot.
+            $h image backup /dev/vg0/data --json > {{w}}/idle.json; echo "idle=$?"
             """.Replace("\r", "", StringComparison.Ordinal));
 
         var psi = new ProcessStartInfo("bash") { RedirectStandardOutput = true, RedirectStandardError = true };
@@ -65,17 +69,22 @@ public sealed class LvmSnapshotTests
         var notes = backup["notes"]!.AsArray().Select(n => (string)n!).ToList();
         Assert.Contains(notes, n => n.StartsWith("read from LVM snapshot vg0/haven-", StringComparison.Ordinal));
         Assert.Contains("removed vg0/haven-999999-data, an LVM snapshot that an interrupted backup left behind", notes);
-        Assert.Equal(["data"], File.ReadAllLines(Path.Combine(w, "lvs-after.txt")).Where(l => l.Length > 0));
+        Assert.Equal(["data", "haven-999998-mine"], File.ReadAllLines(Path.Combine(w, "lvs-after.txt")).Where(l => l.Length > 0).Order(StringComparer.Ordinal));
 
         Assert.Matches("small=[1-9]", console);
         string small = File.ReadAllText(Path.Combine(w, "small.out"));
         Assert.True(small.Contains("filled up with changes to vg0/data", StringComparison.Ordinal), small);
-        Assert.Equal(["data"], File.ReadAllLines(Path.Combine(w, "lvs-after-small.txt")).Where(l => l.Length > 0));
+        Assert.Equal(["data", "haven-999998-mine"], File.ReadAllLines(Path.Combine(w, "lvs-after-small.txt")).Where(l => l.Length > 0).Order(StringComparer.Ordinal));
 
         Assert.Contains("restore=0", console, StringComparison.Ordinal);
         Assert.True(console.Contains("fsck=0", StringComparison.Ordinal), File.ReadAllText(Path.Combine(w, "fsck.out")));
         Assert.DoesNotContain("differs", console, StringComparison.Ordinal);
         Assert.Contains("/run/r/busy", console, StringComparison.Ordinal);
+
+        Assert.Contains("idle=0", console, StringComparison.Ordinal);
+        var idle = JsonNode.Parse(File.ReadAllText(Path.Combine(w, "idle.json")))!;
+        Assert.Equal("unmounted", (string)idle["image"]!["consistency"]!);
+        Assert.DoesNotContain(idle["notes"]!.AsArray(), n => ((string)n!).Contains("LVM snapshot", StringComparison.Ordinal));
     }
 
     private static string RepositoryRoot()
