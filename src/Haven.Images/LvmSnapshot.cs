@@ -12,8 +12,9 @@ namespace Haven.Images;
 /// copy-on-write area takes free extents of the volume group (by default a tenth of the volume, at least 64 MiB, at
 /// most what is free) and is removed when the backup ends. If it fills before the backup is done, the kernel drops it
 /// and the backup fails with a message that says so. Snapshots that a killed backup left behind (tagged
-/// haven-image-backup and named haven-PID-VOLUME, with no process PID any more) are removed the next time. Classic volumes only: thin volumes,
-/// snapshots and RAID or mirrored volumes are read as they are, frozen if mounted.
+/// haven-image-backup and named haven-PID-VOLUME, with no process PID any more) are removed the next time. A thin
+/// volume gets a thin snapshot in its pool (none when the pool is more than 90 % full). Snapshots, RAID and mirrored
+/// volumes are read as they are, frozen if mounted.
 /// </summary>
 public sealed class LvmSnapshot : IDisposable
 {
@@ -21,6 +22,9 @@ public sealed class LvmSnapshot : IDisposable
 
     /// <summary>The LVM tag of the snapshots Haven makes: only snapshots with it are ever removed as leftovers.</summary>
     public const string Tag = "haven-image-backup";
+
+    /// <summary>A thin pool fuller than this (data or metadata, in percent) gets no snapshot.</summary>
+    public const double MaxThinPoolUse = 90;
 
     private string? _name;
 
@@ -41,7 +45,7 @@ public sealed class LvmSnapshot : IDisposable
     public string Name => _name ?? "";
 
     /// <summary>
-    /// Takes a snapshot of the block device <paramref name="device"/> when it is a classic LVM logical volume
+    /// Takes a snapshot of the block device <paramref name="device"/> when it is a classic or thin LVM logical volume
     /// in use; null when it is not one, or not in use, or when the snapshot cannot be made (a note says why).
     /// </summary>
     public static LvmSnapshot? TryBegin(string device, bool mounted, long? size, List<string> notes)
@@ -80,9 +84,9 @@ public sealed class LvmSnapshot : IDisposable
         }
 
         string vg = names[0], lv = names[1], origin = $"{vg}/{lv}";
-        (code, output) = Tool.Run("lvs", "--noheadings", "--nosuffix", "--units", "b", "--separator", "|", "-o", "lv_attr,lv_size,vg_extent_size,vg_free_count", origin);
+        (code, output) = Tool.Run("lvs", "--noheadings", "--nosuffix", "--units", "b", "--separator", "|", "-o", "lv_attr,lv_size,vg_extent_size,vg_free_count,pool_lv", origin);
         string[] fields = output.Trim().Split('|', StringSplitOptions.TrimEntries);
-        if (code != 0 || fields.Length < 4 || fields[0].Length < 6
+        if (code != 0 || fields.Length < 5 || fields[0].Length < 6
             || !long.TryParse(fields[1], CultureInfo.InvariantCulture, out long lvSize) || !long.TryParse(fields[2], CultureInfo.InvariantCulture, out long extent)
             || !long.TryParse(fields[3], CultureInfo.InvariantCulture, out long freeExtents) || extent <= 0)
         {
@@ -90,15 +94,23 @@ public sealed class LvmSnapshot : IDisposable
             return null;
         }
 
-        string attr = fields[0];
-        if (attr[0] is not ('-' or 'o'))
+        string attr = fields[0], pool = fields[4];
+        if (attr[0] is not ('-' or 'o' or 'V'))
         {
-            notes.Add($"{origin} is not a classic LVM volume (lv_attr {attr}); it is read without an LVM snapshot");
+            notes.Add($"{origin} is neither a classic nor a thin LVM volume (lv_attr {attr}); it is read without an LVM snapshot");
             return null;
         }
 
         RemoveLeftovers(vg, notes);
-        (code, output) = Tool.Run("vgs", "--noheadings", "-o", "vg_free_count", vg);
+        string name = $"haven-{Environment.ProcessId}-{lv}";
+        name = name[..Math.Min(name.Length, 120)];
+        return attr[0] == 'V' ? BeginThin(vg, name, origin, pool, notes) : BeginClassic(vg, name, origin, lvSize, extent, freeExtents, size, notes);
+    }
+
+    /// <summary>A classic snapshot, with a copy-on-write area of its own taken from the volume group's free extents.</summary>
+    private static LvmSnapshot? BeginClassic(string vg, string name, string origin, long lvSize, long extent, long freeExtents, long? size, List<string> notes)
+    {
+        var (code, output) = Tool.Run("vgs", "--noheadings", "-o", "vg_free_count", vg);
         if (code == 0 && long.TryParse(output.Trim(), CultureInfo.InvariantCulture, out long nowFree))
         {
             freeExtents = nowFree;
@@ -112,9 +124,37 @@ public sealed class LvmSnapshot : IDisposable
             return null;
         }
 
-        string name = $"haven-{Environment.ProcessId}-{lv}";
-        name = name[..Math.Min(name.Length, 120)];
         (code, output) = Tool.Run("lvcreate", "--quiet", "--yes", "--snapshot", "--addtag", Tag, "--name", name, "--extents", extents.ToString(CultureInfo.InvariantCulture), origin);
+        return Made(vg, name, origin, code, output, $"{extents * extent / (1 << 20)} MiB for changes made meanwhile", notes);
+    }
+
+    /// <summary>
+    /// A thin snapshot: it shares the origin's pool and takes room there only as the origin is written. Not made when
+    /// the pool is nearly full, since writes to the origin would then fail for lack of room, not only the backup.
+    /// </summary>
+    private static LvmSnapshot? BeginThin(string vg, string name, string origin, string pool, List<string> notes)
+    {
+        var (code, output) = Tool.Run("lvs", "--noheadings", "-o", "data_percent,metadata_percent", $"{vg}/{pool}");
+        var used = output.Trim().Split(' ', StringSplitOptions.RemoveEmptyEntries);
+        if (code != 0 || used.Length < 2 || !double.TryParse(used[0], CultureInfo.InvariantCulture, out double data) || !double.TryParse(used[1], CultureInfo.InvariantCulture, out double metadata))
+        {
+            notes.Add($"the thin pool {vg}/{pool} of {origin} could not be described ({Tool.LastLine(output)}); it is read without an LVM snapshot");
+            return null;
+        }
+
+        if (data > MaxThinPoolUse || metadata > MaxThinPoolUse)
+        {
+            notes.Add($"the thin pool {vg}/{pool} of {origin} is {Math.Max(data, metadata):0.#} % full; it is read without an LVM snapshot");
+            return null;
+        }
+
+        (code, output) = Tool.Run("lvcreate", "--quiet", "--yes", "--snapshot", "--addtag", Tag, "--setactivationskip", "n", "--activate", "y", "--name", name, origin);
+        return Made(vg, name, origin, code, output, $"a thin snapshot in pool {vg}/{pool}, {data:0.#} % used", notes);
+    }
+
+    /// <summary>The snapshot that lvcreate made, once its device exists.</summary>
+    private static LvmSnapshot? Made(string vg, string name, string origin, int code, string output, string what, List<string> notes)
+    {
         if (code != 0)
         {
             notes.Add($"an LVM snapshot of {origin} could not be made ({Tool.LastLine(output)}); it is read without one");
@@ -134,7 +174,7 @@ public sealed class LvmSnapshot : IDisposable
             return null;
         }
 
-        notes.Add($"read from LVM snapshot {snapshot.Name} of {origin} ({extents * extent / (1 << 20)} MiB for changes made meanwhile)");
+        notes.Add($"read from LVM snapshot {snapshot.Name} of {origin} ({what})");
         return snapshot;
     }
 
@@ -180,7 +220,7 @@ public sealed class LvmSnapshot : IDisposable
         foreach (string line in output.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
         {
             var columns = line.Split('|', StringSplitOptions.TrimEntries);
-            if (columns.Length < 3 || columns[1].Length == 0 || columns[1][0] is not ('s' or 'S') || !columns[2].Split(',').Contains(Tag))
+            if (columns.Length < 3 || columns[1].Length == 0 || columns[1][0] is not ('s' or 'S' or 'V') || !columns[2].Split(',').Contains(Tag))
             {
                 continue;
             }

@@ -13,7 +13,7 @@ namespace Haven.Cli.Tests;
 public sealed class LvmSnapshotTests
 {
     [Fact]
-    public async Task AMountedVolumeBeingWritten_IsReadFromASnapshot_ThatIsRemovedAfterwards_AFullSnapshotFailsTheBackup_AndAnIdleVolumeNeedsNone()
+    public async Task AMountedVolumeBeingWritten_IsReadFromASnapshot_ThatIsRemovedAfterwards_AFullSnapshotFailsTheBackup_AnIdleVolumeNeedsNone_AndAThinVolumeGetsAThinSnapshot()
     {
         using var cli = new HavenCli();
         string w = cli.Root;
@@ -49,6 +49,17 @@ public sealed class LvmSnapshotTests
             umount /run/d && lvremove -q -f vg0/haven-999998-mine
             # Neither mounted nor held open: read as it is, without a snapshot.
             $h image backup /dev/vg0/data --json > {{w}}/idle.json; echo "idle=$?"
+            # A thin volume: a thin snapshot in its pool.
+            lvcreate -q -y --type thin-pool -L 96M -n pool vg0 && lvcreate -q -y -V 64M --thin -n thin vg0/pool || exit 14
+            mkfs.ext4 -q /dev/vg0/thin && mount /dev/vg0/thin /run/d && cp /run/src/f1 /run/src/f2 /run/d/ && sync || exit 15
+            ( while :; do dd if=/dev/urandom of=/run/d/busy bs=1M count=4 conv=notrunc oflag=direct status=none; done ) &
+            writer=$!
+            $h image backup /dev/vg0/thin --json > {{w}}/thin.json; echo "thin=$?"
+            kill $writer; wait $writer 2>/dev/null
+            lvs --noheadings -o lv_name vg0 | tr -d ' ' > {{w}}/lvs-after-thin.txt
+            umount /run/d
+            $h image restore latest --target {{w}}/thin.img > {{w}}/thin-restore.out 2>&1 && e2fsck -fn {{w}}/thin.img > /dev/null 2>&1 && echo "thin-fsck=0"
+            mount -o loop,ro {{w}}/thin.img /run/r && cmp /run/src/f2 /run/r/f2 && echo "thin-same"; umount /run/r
             """.Replace("\r", "", StringComparison.Ordinal));
 
         var psi = new ProcessStartInfo("bash") { RedirectStandardOutput = true, RedirectStandardError = true };
@@ -85,6 +96,14 @@ public sealed class LvmSnapshotTests
         var idle = JsonNode.Parse(File.ReadAllText(Path.Combine(w, "idle.json")))!;
         Assert.Equal("unmounted", (string)idle["image"]!["consistency"]!);
         Assert.DoesNotContain(idle["notes"]!.AsArray(), n => ((string)n!).Contains("LVM snapshot", StringComparison.Ordinal));
+
+        Assert.Contains("thin=0", console, StringComparison.Ordinal);
+        var thin = JsonNode.Parse(File.ReadAllText(Path.Combine(w, "thin.json")))!;
+        Assert.Equal("lvm-snapshot", (string)thin["image"]!["consistency"]!);
+        Assert.Contains(thin["notes"]!.AsArray(), n => ((string)n!).Contains("a thin snapshot in pool vg0/pool", StringComparison.Ordinal));
+        Assert.Equal(["data", "pool", "thin"], File.ReadAllLines(Path.Combine(w, "lvs-after-thin.txt")).Where(l => l.Length > 0).Order(StringComparer.Ordinal));
+        Assert.Contains("thin-fsck=0", console, StringComparison.Ordinal);
+        Assert.Contains("thin-same", console, StringComparison.Ordinal);
     }
 
     private static string RepositoryRoot()

@@ -18,7 +18,7 @@ trap 'rm -rf "$work"' EXIT
 # An initramfs of busybox and the modules the guest needs, in dependency order.
 mkdir -p "$work/root/bin" "$work/root/mods" "$work/root/proc" "$work/root/sys" "$work/root/dev" "$work/root/host"
 cp /bin/busybox "$work/root/bin/busybox"
-for m in virtio_pci virtio_blk 9pnet_virtio 9p dm_snapshot dm_mod ext4 loop; do
+for m in virtio_pci virtio_blk 9pnet_virtio 9p dm_snapshot dm_thin_pool dm_mod ext4 loop; do
   modprobe -S "$version" --show-depends "$m" | awk '$1 == "insmod" { print $2 }'
 done | awk '!seen[$0]++' > "$work/modules"
 while read -r f; do cp "$f" "$work/root/mods/"; basename "$f"; done < "$work/modules" > "$work/root/mods/order"
