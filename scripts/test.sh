@@ -24,10 +24,11 @@ export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPE
 #   fdisk      sfdisk, to make and check the partition tables of image tests
 #   dosfstools mkfs.vfat and fsck.vfat, and mtools (mcopy), for the FAT image tests
 #   xfsprogs   mkfs.xfs and xfs_repair, for the XFS image test
+#   ntfs-3g    mkntfs, ntfsfix and the FUSE driver, for the NTFS image test
 #   qemu-system-x86 linux-image-amd64 busybox-static lvm2 thin-provisioning-tools
 #              a virtual machine with device-mapper for the LVM snapshot test (tests/vm/run.sh): this kernel has none
-packages=(attr e2fsprogs xxd curl qemu-utils fdisk dosfstools mtools xfsprogs qemu-system-x86 linux-image-amd64 busybox-static lvm2
-          thin-provisioning-tools)
+packages=(attr e2fsprogs xxd curl qemu-utils fdisk dosfstools mtools xfsprogs ntfs-3g qemu-system-x86 linux-image-amd64
+          busybox-static lvm2 thin-provisioning-tools)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -3,8 +3,8 @@ using Microsoft.Win32.SafeHandles;
 namespace Haven.Images;
 
 /// <summary>
-/// Byte ranges of a source that its filesystems do not use (see <see cref="Ext4FreeSpace"/>, <see cref="XfsFreeSpace"/> and
-/// <see cref="FatFreeSpace"/>): an ext2/3/4, XFS or FAT filesystem at the start of the source, or in any partition of its
+/// Byte ranges of a source that its filesystems do not use (see <see cref="Ext4FreeSpace"/>, <see cref="XfsFreeSpace"/>,
+/// <see cref="NtfsFreeSpace"/> and <see cref="FatFreeSpace"/>): an ext2/3/4, XFS, NTFS or FAT filesystem at the start of the source, or in any partition of its
 /// partition table. Blocks wholly inside are not read.
 /// </summary>
 public sealed class FreeRanges
@@ -68,6 +68,7 @@ public sealed class FreeRanges
     private static (List<(long Start, long End)> Free, string Kind)? Read(SafeFileHandle source, long offset, long length) =>
         Ext4FreeSpace.Read(source, offset, length) is { } ext ? (ext, "ext2/3/4")
         : XfsFreeSpace.Read(source, offset, length) is { } xfs ? (xfs, "XFS")
+        : NtfsFreeSpace.Read(source, offset, length) is { } ntfs ? (ntfs, "NTFS")
         : FatFreeSpace.Read(source, offset, length);
 
     /// <summary>Whether every byte of [offset, offset + length) is free.</summary>

@@ -446,6 +446,34 @@ public sealed class ImageTests
     }
 
     [Fact]
+    public void AnNtfsFilesystem_IsReadOnlyWhereItsBitmapSaysClustersAreUsed()
+    {
+        using var cli = new HavenCli();
+        cli.Expect(0, "init");
+        // Filled with 0xFF before a quick mkntfs, so free clusters hold bytes that would be read and stored; files are
+        // written through ntfs-3g (FUSE: the kernel has no NTFS driver).
+        string disk = Path.Combine(cli.Root, "ntfs.img");
+        Sh($"head -c 128M /dev/zero | tr '\\0' '\\377' > {disk} && mkntfs -q -F -f {disk} >/dev/null 2>&1");
+        string files = Path.Combine(cli.Root, "files");
+        Directory.CreateDirectory(files);
+        TestData.WriteRandomFiles(files, 20, 1 << 20, seed: 11);
+        string mount = Path.Combine(cli.Root, "mnt");
+        Directory.CreateDirectory(mount);
+        Sh($"ntfs-3g {disk} {mount} && cp -r {files} {mount}/files && umount {mount}");
+
+        var backup = cli.Expect(0, "image", "backup", disk, "--json").Json;
+        long blocks = (long)backup["image"]!["blocks"]!, free = (long)backup["image"]!["blocks_free"]!;
+        Assert.InRange(free, blocks * 7 / 10, blocks); // 20 MiB of files and the metadata in 128 MiB
+        Assert.InRange((long)backup["bytes_read"]!, 20L << 20, 36L << 20);
+        Assert.Equal("none", (string)backup["image"]!["partition_table"]!); // an NTFS boot sector is no MBR
+
+        string restored = Path.Combine(cli.Root, "restored.img");
+        cli.Expect(0, "image", "restore", "latest", "--target", restored);
+        Sh($"ntfsfix -n {restored} >/dev/null");
+        Sh($"ntfs-3g -o ro {restored} {mount} && cmp {files}/file-0007.bin {mount}/files/file-0007.bin && cmp {files}/file-0019.bin {mount}/files/file-0019.bin; code=$?; umount {mount}; exit $code");
+    }
+
+    [Fact]
     public void AnXfsFilesystem_IsReadOnlyWhereItsFreeSpaceTreesSayBlocksAreUsed()
     {
         using var cli = new HavenCli();

@@ -32,8 +32,8 @@ public static class ImageCommand
 
             Blocks that are all zeros and holes of sparse files are neither read twice nor stored. Each block's
             checksum is compared with the previous image snapshot of the same source: only changed blocks are stored,
-            and every block records the generation in which it last changed. Free blocks of ext2/3/4 filesystems are
-            not read. An LVM logical volume that is mounted or open is read from a snapshot of it, made for the
+            and every block records the generation in which it last changed. Free blocks of ext2/3/4, XFS, NTFS and
+            FAT filesystems are not read. An LVM logical volume that is mounted or open is read from a snapshot of it, made for the
             backup and removed after it. Any other mounted source's filesystem is frozen while it is read, unless it
             is the running system's root or holds the repository, cache or spool; then the image is only
             crash-consistent, and a warning says so. If a backup is killed while a filesystem is frozen, thaw it
