@@ -8,12 +8,16 @@ namespace Haven.Images;
 /// The free clusters of an NTFS filesystem, from its own allocation bitmap: the unnamed data of the $Bitmap file
 /// (MFT record 6), one bit per cluster, set when the cluster is used. The record is found through the boot sector's
 /// MFT location and record size; its update-sequence fixups are checked and applied, and its data runs decoded.
-/// The backup boot sector after the last cluster is never free. Anything this reader does not understand (an
-/// attribute list on $Bitmap, odd sizes, a failed fixup) gives no free ranges: every block is read.
+/// The backup boot sector after the last cluster is never free. A volume marked dirty in $Volume (record 3) is read
+/// whole, since clusters its log still has to record may look free. Anything this reader does not understand (an
+/// attribute list on $Bitmap, odd sizes, a failed fixup, a record that is not the one it should be, a bitmap that does
+/// not mark the boot sector, the MFT and itself in use) gives no free ranges: every block is read.
 /// </summary>
 public static class NtfsFreeSpace
 {
+    private const int VolumeRecord = 3;
     private const int BitmapRecord = 6;
+    private const uint VolumeInformation = 0x70;
     private const uint DataAttribute = 0x80;
     private const uint AttributeList = 0x20;
     private const uint EndMarker = 0xFFFFFFFF;
@@ -29,7 +33,8 @@ public static class NtfsFreeSpace
 
         int bytesPerSector = BinaryPrimitives.ReadUInt16LittleEndian(boot.AsSpan(0x0B));
         int sectorsCode = boot[0x0D];
-        long sectorsPerCluster = sectorsCode <= 0x80 ? sectorsCode : 1L << (256 - sectorsCode);
+        // 1 to 128 as a power of two, or 0xF4-0xFF for 2^(256 - code): clusters of up to 2 MiB.
+        long sectorsPerCluster = sectorsCode >= 0xF4 ? 1L << (256 - sectorsCode) : sectorsCode is > 0 and <= 0x80 && (sectorsCode & (sectorsCode - 1)) == 0 ? sectorsCode : 0;
         long totalSectors = BinaryPrimitives.ReadInt64LittleEndian(boot.AsSpan(0x28));
         long mftCluster = BinaryPrimitives.ReadInt64LittleEndian(boot.AsSpan(0x30));
         int recordCode = (sbyte)boot[0x40];
@@ -46,16 +51,14 @@ public static class NtfsFreeSpace
             return null;
         }
 
-        // Record 6 lies in the MFT's first run, which always holds the system files' records.
-        var record = new byte[recordSize];
-        if (Posix.PRead(device, record, offset + (mftCluster * clusterSize) + (BitmapRecord * recordSize)) != record.Length || !ApplyFixups(record)
-            || FindData(record) is not { } runs)
-        {
-            return null;
-        }
-
+        // Records 3 and 6 lie in the MFT's first run, which always holds the system files' records; each must say it
+        // is that record. A volume not cleanly unmounted (dirty) may have clusters in use that its bitmap does not show
+        // until its log is replayed: it is read whole.
         long bitmapBytes = (clusters + 7) / 8;
-        if (bitmapBytes > 512L << 20)
+        if (bitmapBytes > 512L << 20
+            || ReadRecord(device, offset + (mftCluster * clusterSize), recordSize, VolumeRecord) is not { } volume || Dirty(volume) is not false
+            || ReadRecord(device, offset + (mftCluster * clusterSize), recordSize, BitmapRecord) is not { } record
+            || FindData(record, bitmapBytes) is not { } runs)
         {
             return null;
         }
@@ -83,7 +86,9 @@ public static class NtfsFreeSpace
             at += n;
         }
 
-        if (at < bitmapBytes)
+        // What must be in use: cluster 0 (the boot sector), the MFT's first cluster, and the bitmap's own clusters.
+        bool Used(long c) => (bitmap[c >> 3] & (1 << (int)(c & 7))) != 0;
+        if (at < bitmapBytes || !Used(0) || !Used(mftCluster) || runs.Any(r => !Used(r.Lcn) || !Used(r.Lcn + r.Count - 1)))
         {
             return null;
         }
@@ -142,34 +147,80 @@ public static class NtfsFreeSpace
         return true;
     }
 
-    /// <summary>The data runs (first cluster, cluster count) of the record's unnamed non-resident $DATA attribute, or null.</summary>
-    private static List<(long Lcn, long Count)>? FindData(byte[] record)
+    /// <summary>MFT record <paramref name="number"/>, fixed up, when it is in use, a base record, and says it is that number.</summary>
+    private static byte[]? ReadRecord(SafeFileHandle device, long mft, long recordSize, int number)
+    {
+        var record = new byte[recordSize];
+        if (Posix.PRead(device, record, mft + (number * recordSize)) != record.Length || !ApplyFixups(record)
+            || (BinaryPrimitives.ReadUInt16LittleEndian(record.AsSpan(0x16)) & 1) == 0 || BinaryPrimitives.ReadUInt64LittleEndian(record.AsSpan(0x20)) != 0
+            || (BinaryPrimitives.ReadUInt16LittleEndian(record.AsSpan(4)) >= 0x30 && BinaryPrimitives.ReadUInt32LittleEndian(record.AsSpan(0x2C)) != number))
+        {
+            return null;
+        }
+
+        return record;
+    }
+
+    /// <summary>The dirty flag of $Volume's resident $VOLUME_INFORMATION, or null when it cannot be read.</summary>
+    private static bool? Dirty(byte[] volume)
+    {
+        if (FindAttribute(volume, VolumeInformation) is not { } at || volume[at + 8] != 0 || BinaryPrimitives.ReadUInt32LittleEndian(volume.AsSpan(at + 4)) < 0x18)
+        {
+            return null;
+        }
+
+        int valueLength = (int)Math.Min(BinaryPrimitives.ReadUInt32LittleEndian(volume.AsSpan(at + 0x10)), 1024);
+        int valueOffset = BinaryPrimitives.ReadUInt16LittleEndian(volume.AsSpan(at + 0x14));
+        return valueLength < 12 || at + valueOffset + 12 > volume.Length ? null : (BinaryPrimitives.ReadUInt16LittleEndian(volume.AsSpan(at + valueOffset + 10)) & 1) != 0;
+    }
+
+    /// <summary>
+    /// The data runs (first cluster, cluster count) of the record's unnamed non-resident $DATA attribute, when it is the
+    /// attribute's only piece and holds and has initialised at least <paramref name="bytes"/>; or null.
+    /// </summary>
+    private static List<(long Lcn, long Count)>? FindData(byte[] record, long bytes)
+    {
+        if (FindAttribute(record, DataAttribute) is not { } at || record[at + 8] == 0)
+        {
+            return null;
+        }
+
+        int attributeLength = (int)BinaryPrimitives.ReadUInt32LittleEndian(record.AsSpan(at + 4));
+        if (attributeLength < 0x40 || BinaryPrimitives.ReadInt64LittleEndian(record.AsSpan(at + 0x10)) != 0
+            || BinaryPrimitives.ReadInt64LittleEndian(record.AsSpan(at + 0x30)) < bytes || BinaryPrimitives.ReadInt64LittleEndian(record.AsSpan(at + 0x38)) < bytes)
+        {
+            return null; // not the first piece, or shorter than the bitmap must be
+        }
+
+        int runsAt = BinaryPrimitives.ReadUInt16LittleEndian(record.AsSpan(at + 0x20));
+        return runsAt < 0x40 || runsAt >= attributeLength ? null : DecodeRuns(record.AsSpan(at + runsAt, attributeLength - runsAt));
+    }
+
+    /// <summary>Where the record's first unnamed attribute of <paramref name="wanted"/> type starts, or null (also for an attribute list).</summary>
+    private static int? FindAttribute(byte[] record, uint wanted)
     {
         int at = BinaryPrimitives.ReadUInt16LittleEndian(record.AsSpan(0x14));
         int used = (int)Math.Min(BinaryPrimitives.ReadUInt32LittleEndian(record.AsSpan(0x18)), (uint)record.Length);
+        if (at < 0x18 || (at & 7) != 0)
+        {
+            return null;
+        }
+
         while (at + 16 <= used)
         {
             uint type = BinaryPrimitives.ReadUInt32LittleEndian(record.AsSpan(at));
-            int attributeLength = (int)Math.Min(BinaryPrimitives.ReadUInt32LittleEndian(record.AsSpan(at + 4)), int.MaxValue);
-            if (type == EndMarker || type == AttributeList || attributeLength < 16 || at + attributeLength > used)
+            uint attributeLength = BinaryPrimitives.ReadUInt32LittleEndian(record.AsSpan(at + 4));
+            if (type == EndMarker || type == AttributeList || attributeLength < 16 || (attributeLength & 7) != 0 || attributeLength > (uint)(used - at))
             {
-                return null; // the end without a $DATA, an attribute list (data elsewhere), or a damaged record
+                return null; // the end without it, an attribute list (attributes elsewhere), or a damaged record
             }
 
-            bool nonResident = record[at + 8] != 0;
-            int nameLength = record[at + 9];
-            if (type == DataAttribute && nameLength == 0)
+            if (type == wanted && record[at + 9] == 0)
             {
-                if (!nonResident || attributeLength < 0x40 || BinaryPrimitives.ReadInt64LittleEndian(record.AsSpan(at + 0x10)) != 0)
-                {
-                    return null; // resident, or not the attribute's first piece
-                }
-
-                int runsAt = BinaryPrimitives.ReadUInt16LittleEndian(record.AsSpan(at + 0x20));
-                return runsAt < 0x40 || runsAt >= attributeLength ? null : DecodeRuns(record.AsSpan(at + runsAt, attributeLength - runsAt));
+                return at;
             }
 
-            at += attributeLength;
+            at += (int)attributeLength;
         }
 
         return null;
