@@ -9,7 +9,10 @@ namespace Haven.Cli.Tests;
 /// Image backups of a mounted LVM logical volume that is written while it is read. This machine's kernel has no
 /// device-mapper, so the test runs in a virtual machine (tests/vm/run.sh: qemu with Debian's kernel, this machine's
 /// root filesystem over 9p, a blank disk for the volume group) the haven binary of this test's output folder.
+/// The emulated machine keeps both cores busy for minutes, so it runs alone, after the tests that run in parallel:
+/// beside them it made a timing-sensitive test (a backup killed midway) fail once.
 /// </summary>
+[Collection(VirtualMachineCollection.Name)]
 public sealed class LvmSnapshotTests
 {
     [Fact]
@@ -116,4 +119,11 @@ public sealed class LvmSnapshotTests
 
         return dir?.FullName ?? throw new DirectoryNotFoundException("the repository root (Haven.slnx) is not above the test's folder");
     }
+}
+
+/// <summary>Tests that boot a virtual machine: never beside other tests.</summary>
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class VirtualMachineCollection
+{
+    public const string Name = "virtual machine";
 }
