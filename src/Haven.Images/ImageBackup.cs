@@ -110,22 +110,8 @@ public sealed class ImageBackup(Repository.Repository repo, ImageBackupOptions o
 
         // A logical volume in use is read from an LVM snapshot; otherwise a mounted source is frozen (when that is
         // safe) before its free-block map is read, and thawed once read.
-        var lvm = held is null && !regular && options.LvmSnapshot ? Images.LvmSnapshot.TryBegin(resolved, mounted, options.LvmSnapshotSize, notes) : null;
-        using var removeSnapshot = lvm;
-        SafeFileHandle? fromSnapshot = null;
-        try
-        {
-            fromSnapshot = lvm is null ? null : OpenSource(lvm.Device, out _, out _, out _);
-        }
-        catch (HavenException e)
-        {
-            notes.Add($"the LVM snapshot {lvm!.Name} could not be opened ({e.Message}); {options.Source} is read without it");
-            lvm.Dispose();
-            lvm = null;
-        }
-
-        using var closeSnapshot = fromSnapshot;
-        var read = fromSnapshot ?? source;
+        using var lvm = held is null && !regular && options.LvmSnapshot ? Images.LvmSnapshot.TryBegin(resolved, mounted, options.LvmSnapshotSize, notes) : null;
+        var read = lvm?.Handle ?? source;
         var freeze = lvm is not null ? SourceFreeze.Snapshot : SourceFreeze.Begin(resolved, options.Freeze, options.WrittenPaths);
         // A read error names the source, or says that the LVM snapshot filled up and was dropped.
         T Reading<T>(Func<T> read)
@@ -188,7 +174,6 @@ public sealed class ImageBackup(Repository.Repository repo, ImageBackupOptions o
                 warnings.Add(w);
             }
 
-            fromSnapshot?.Dispose(); // an open snapshot cannot be removed
             if (lvm?.End() is { } notRemoved)
             {
                 warnings.Add(notRemoved);

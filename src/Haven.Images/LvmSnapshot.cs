@@ -1,6 +1,7 @@
 using System.Globalization;
 using Haven.Core;
 using Haven.Core.Posix;
+using Microsoft.Win32.SafeHandles;
 
 namespace Haven.Images;
 
@@ -27,6 +28,7 @@ public sealed class LvmSnapshot : IDisposable
     public const double MaxThinPoolUse = 90;
 
     private string? _name;
+    private SafeFileHandle? _handle;
 
     private LvmSnapshot(string name, string device, string origin)
     {
@@ -35,8 +37,11 @@ public sealed class LvmSnapshot : IDisposable
         Origin = origin;
     }
 
-    /// <summary>The snapshot's block device, which the backup reads.</summary>
+    /// <summary>The snapshot's block device.</summary>
     public string Device { get; }
+
+    /// <summary>The snapshot's block device, open for reading until <see cref="End"/>.</summary>
+    public SafeFileHandle Handle => _handle ?? throw new ObjectDisposedException(nameof(LvmSnapshot));
 
     /// <summary>The logical volume, as VG/LV.</summary>
     public string Origin { get; }
@@ -167,10 +172,14 @@ public sealed class LvmSnapshot : IDisposable
             Thread.Sleep(100); // udev makes the link
         }
 
-        if (!File.Exists(snapshot.Device))
+        try
+        {
+            snapshot._handle = Posix.OpenRead(PosixPath.FromString(RealPath.Of(snapshot.Device))); // a udev link
+        }
+        catch (PosixException e)
         {
             snapshot.Dispose();
-            notes.Add($"the LVM snapshot of {origin} has no device {snapshot.Device}; it is read without one");
+            notes.Add($"the LVM snapshot {vg}/{name} of {origin} could not be opened ({PosixException.Describe(e.Errno)}); it is read without one");
             return null;
         }
 
@@ -194,6 +203,7 @@ public sealed class LvmSnapshot : IDisposable
     /// <summary>Removes the snapshot; returns why that failed, or null.</summary>
     public string? End()
     {
+        Interlocked.Exchange(ref _handle, null)?.Dispose(); // an open snapshot cannot be removed
         if (Interlocked.Exchange(ref _name, null) is not { } name)
         {
             return null;
